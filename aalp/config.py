@@ -1,0 +1,370 @@
+"""Typed configuration: what a run trains and how it is evaluated, the three profiles, and overrides.
+
+A :class:`TrainConfig` fully determines a trained model: its hash names the run directory, so the same
+configuration is never trained twice. An :class:`EvalConfig` determines one evaluation of a run. The
+profiles ``smoke`` (CI, minutes on 2 CPU cores), ``cpu`` (real MNIST / Fashion-MNIST on a CPU) and
+``paper`` (paper scale, GPU) are defined here and nowhere else; every value can be overridden with
+``key=value`` strings (``epochs=3``, ``method.lam=1.0``, ``eval.autoattack_n=0``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+from .attacks import PGDConfig
+from .data import DATASETS
+from .methods import METHODS, TRADES, Method, make_method
+from .models import MODELS
+
+CACHE_VERSION = 1
+"""Bump when a change to the code changes what a given TrainConfig trains: old runs are then not reused."""
+
+PROFILES = ("smoke", "cpu", "paper")
+
+EPS: dict[str, float] = {"mnist": 0.3, "fashion-mnist": 0.1, "cifar10": 8 / 255, "svhn": 8 / 255}
+"""The L∞ threat model per dataset, for training and evaluation."""
+
+
+class ConfigError(ValueError):
+    """An invalid configuration or override (raised before any compute)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data a run trains on.
+
+    Args:
+        dataset: one of :data:`aalp.data.DATASETS`.
+        train_size: training images (``None``: the full training split).
+        subset: ``"balanced"`` (seeded, equal per class, seed 0) or ``"first"`` N training images.
+        val_size: images of a fixed class-balanced subset of the *test* split used only to monitor
+            training each epoch (never for model selection: the last epoch is the model).
+    """
+
+    dataset: str = "mnist"
+    train_size: int | None = None
+    subset: Literal["first", "balanced"] = "balanced"
+    val_size: int = 500
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and learning-rate schedule.
+
+    Args:
+        name: ``"sgd"`` (with ``momentum``) or ``"adam"``.
+        lr, momentum, weight_decay: as in ``torch.optim``.
+        schedule: ``"constant"``, ``"step"`` (multiply by ``decay`` at each milestone) or ``"cosine"``.
+        milestones: fractions of the epochs at which ``"step"`` decays.
+    """
+
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "step", "cosine"] = "constant"
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    decay: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trained model.
+
+    Args:
+        model: one of :data:`aalp.models.MODELS`.
+        method: the training method with its hyper-parameters (:mod:`aalp.methods`).
+        attack: the training attack (PGD; TRADES uses its ε, step size and steps for its KL attack).
+        val_attack: the PGD attack used to monitor robustness on the validation subset each epoch.
+        epochs, batch_size, seed: the seed sets initialisation, data order and every random draw.
+    """
+
+    model: str
+    data: DataConfig
+    method: Method
+    attack: PGDConfig
+    val_attack: PGDConfig
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 1
+    batch_size: int = 128
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One robustness evaluation of a trained model on the test split.
+
+    Args:
+        eps: L∞ radius.
+        n: test images (class-balanced, seed 0; ``None``: the full test set).
+        fgsm: run FGSM.
+        pgd_steps, pgd_restarts, pgd_step_size: PGD with CE loss (step ``None``: 2.5·ε/steps).
+        cw_steps: PGD on the CW margin loss (0 skips it), same restarts and step rule.
+        autoattack_n: the first this many of the ``n`` images get AutoAttack (0 skips it).
+        autoattack_version: ``"standard"`` (APGD-CE, APGD-T, FAB-T, Square) or ``"apgd"``
+            (APGD-CE + APGD-T only).
+        batch_size: evaluation batch size; seed: RNG seed of the attacks.
+    """
+
+    eps: float
+    n: int | None = None
+    fgsm: bool = True
+    pgd_steps: int = 40
+    pgd_restarts: int = 1
+    pgd_step_size: float | None = None
+    cw_steps: int = 40
+    autoattack_n: int = 0
+    autoattack_version: Literal["standard", "apgd"] = "standard"
+    batch_size: int = 500
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A training configuration and the evaluation to run on it."""
+
+    train: TrainConfig
+    eval: EvalConfig
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------------
+
+def _positive(name: str, value: int | None, allow_none: bool = False, minimum: int = 1) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check a whole configuration before any compute; raise :class:`ConfigError` naming the bad value."""
+    t, e = cfg.train, cfg.eval
+    if t.data.dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {t.data.dataset!r}; choose one of {', '.join(DATASETS)}")
+    if t.model not in MODELS:
+        raise ConfigError(f"unknown model {t.model!r}; choose one of {', '.join(MODELS)}")
+    shape = DATASETS[t.data.dataset].input_shape
+    if MODELS[t.model].image_size != shape[1]:
+        raise ConfigError(f"model {t.model!r} takes {MODELS[t.model].image_size}×"
+                          f"{MODELS[t.model].image_size} images; {t.data.dataset} has {shape[1]}×{shape[2]}")
+    _positive("epochs", t.epochs)
+    _positive("batch_size", t.batch_size)
+    _positive("seed", t.seed, minimum=0)
+    _positive("data.train_size", t.data.train_size, allow_none=True)
+    _positive("data.val_size", t.data.val_size)
+    if t.data.subset not in ("first", "balanced"):
+        raise ConfigError(f"data.subset must be 'first' or 'balanced', got {t.data.subset!r}")
+    o = t.optim
+    if o.name not in ("sgd", "adam") or o.schedule not in ("constant", "step", "cosine"):
+        raise ConfigError(f"optim.name must be sgd|adam and optim.schedule constant|step|cosine, "
+                          f"got {o.name!r}, {o.schedule!r}")
+    if o.lr <= 0 or o.weight_decay < 0 or not 0 <= o.momentum < 1 or not 0 < o.decay <= 1:
+        raise ConfigError(f"bad optimiser values: lr={o.lr}, weight_decay={o.weight_decay}, "
+                          f"momentum={o.momentum}, decay={o.decay}")
+    if any(not 0 < m < 1 for m in o.milestones):
+        raise ConfigError(f"optim.milestones are fractions of training in (0, 1), got {o.milestones}")
+    if not 0 <= e.eps <= 1:
+        raise ConfigError(f"eval.eps must be in [0, 1] (inputs are in [0, 1]), got {e.eps}")
+    _positive("eval.n", e.n, allow_none=True)
+    _positive("eval.pgd_steps", e.pgd_steps)
+    _positive("eval.pgd_restarts", e.pgd_restarts)
+    _positive("eval.cw_steps", e.cw_steps, minimum=0)
+    _positive("eval.autoattack_n", e.autoattack_n, minimum=0)
+    _positive("eval.batch_size", e.batch_size)
+    _positive("eval.seed", e.seed, minimum=0)
+    if e.pgd_step_size is not None and e.pgd_step_size <= 0:
+        raise ConfigError(f"eval.pgd_step_size must be > 0, got {e.pgd_step_size}")
+    if e.n is not None and e.autoattack_n > e.n:
+        raise ConfigError(f"eval.autoattack_n ({e.autoattack_n}) cannot exceed eval.n ({e.n})")
+    if e.autoattack_version not in ("standard", "apgd"):
+        raise ConfigError(f"eval.autoattack_version must be standard|apgd, got {e.autoattack_version!r}")
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------------
+# Profiles
+# ----------------------------------------------------------------------------------------------------
+
+def _method_defaults(method: str, dataset: str) -> dict[str, Any]:
+    """Per-dataset method hyper-parameters from the original papers (TRADES β = 1 on MNIST)."""
+    if method == TRADES.name and dataset in ("mnist", "fashion-mnist"):
+        return {"beta": 1.0}
+    return {}
+
+
+def profile(name: str, dataset: str = "mnist", method: str = "aalp",
+            overrides: typing.Iterable[str] = ()) -> RunConfig:
+    """The run configuration of profile ``name`` for ``dataset`` and ``method``, then ``overrides``.
+
+    ``smoke`` trains on a few thousand images for one epoch with a short attack (a pipeline check, not a
+    robust model); ``cpu`` trains on the full MNIST / Fashion-MNIST training set; ``paper`` follows the
+    usual published settings (PGD-40 on MNIST; PGD-10, SGD 0.1 and step decay on CIFAR-10 / SVHN).
+    """
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    if dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    eps = EPS[dataset]
+    small = DATASETS[dataset].input_shape[1] == 28
+    meth = make_method(method, **_method_defaults(method, dataset))
+    if name == "smoke":
+        train = TrainConfig(
+            model="smallcnn" if small else "preact-resnet18",
+            data=DataConfig(dataset, train_size=2000, val_size=200),
+            method=meth,
+            attack=PGDConfig(eps, step_size=2.5 * eps / 5, steps=5),
+            val_attack=PGDConfig(eps, step_size=2.5 * eps / 5, steps=5),
+            optim=OptimConfig("adam", lr=1e-3),
+            epochs=1, batch_size=100)
+        ev = EvalConfig(eps, n=200, pgd_steps=10, cw_steps=10, autoattack_n=100,
+                        autoattack_version="apgd", batch_size=200)
+    elif name == "cpu":
+        train = TrainConfig(
+            model="smallcnn" if small else "preact-resnet18",
+            data=DataConfig(dataset, train_size=None, val_size=500),
+            method=meth,
+            attack=PGDConfig(eps, step_size=2.5 * eps / 10, steps=10),
+            val_attack=PGDConfig(eps, step_size=2.5 * eps / 20, steps=20),
+            optim=OptimConfig("adam", lr=1e-3, schedule="step", milestones=(0.75,)),
+            epochs=10, batch_size=128)
+        ev = EvalConfig(eps, n=None, pgd_steps=100, pgd_restarts=2, cw_steps=100, autoattack_n=500)
+    elif small:
+        train = TrainConfig(
+            model="smallcnn",
+            data=DataConfig(dataset, train_size=None, val_size=1000),
+            method=meth,
+            attack=PGDConfig(eps, step_size=0.01 if dataset == "mnist" else eps / 10, steps=40),
+            val_attack=PGDConfig(eps, step_size=0.01 if dataset == "mnist" else eps / 10, steps=40),
+            optim=OptimConfig("sgd", lr=0.01, momentum=0.9, schedule="step", milestones=(0.55, 0.75, 0.9)),
+            epochs=100, batch_size=128)
+        ev = EvalConfig(eps, n=None, pgd_steps=100, pgd_restarts=5, cw_steps=100, autoattack_n=10000)
+    else:
+        train = TrainConfig(
+            model="preact-resnet18",
+            data=DataConfig(dataset, train_size=None, val_size=1000),
+            method=meth,
+            attack=PGDConfig(eps, step_size=2 / 255, steps=10),
+            val_attack=PGDConfig(eps, step_size=2 / 255, steps=20),
+            optim=OptimConfig("sgd", lr=0.1 if dataset == "cifar10" else 0.01, momentum=0.9,
+                              weight_decay=5e-4, schedule="step", milestones=(0.75, 0.9)),
+            epochs=100, batch_size=128)
+        ev = EvalConfig(eps, n=None, pgd_steps=100, pgd_restarts=5, cw_steps=100, autoattack_n=10000)
+    return apply_overrides(RunConfig(train, ev), overrides)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Overrides and serialisation
+# ----------------------------------------------------------------------------------------------------
+
+def _coerce(key: str, text: str, tp: Any) -> Any:
+    """Parse ``text`` as a value of the annotated type ``tp`` (bool, int, float, str, Literal, Optional,
+    tuple[float, ...])."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        if text not in args:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, args))}; got {text!r}")
+        return text
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null") and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(key, text, inner)
+    if origin is tuple:
+        return tuple(_coerce(key, part, args[0]) for part in text.split(",") if part.strip())
+    try:
+        if tp is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{key} expects {tp.__name__}, got {text!r}") from None
+    if tp is str:
+        return text
+    raise ConfigError(f"{key} cannot be set from the command line")
+
+
+def _set(obj: Any, path: list[str], text: str, key: str) -> Any:
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in fields(obj)]
+    if path[0] not in names:
+        raise ConfigError(f"unknown setting {key!r}; {type(obj).__name__} has: {', '.join(names)}")
+    if len(path) == 1:
+        if dataclasses.is_dataclass(hints[path[0]]) or hints[path[0]] is Method:
+            raise ConfigError(f"{key!r} is a group; set one of its fields, e.g. {key}.<name>=<value>")
+        value = _coerce(key, text, hints[path[0]])
+    else:
+        value = _set(getattr(obj, path[0]), path[1:], text, key)
+    try:
+        return replace(obj, **{path[0]: value})
+    except ValueError as err:
+        raise ConfigError(f"{key}={text}: {err}") from None
+
+
+def apply_overrides(cfg: RunConfig, overrides: typing.Iterable[str]) -> RunConfig:
+    """Apply ``key=value`` overrides; keys are fields of :class:`TrainConfig` (``epochs``,
+    ``method.lam``, ``attack.steps``, …) or of :class:`EvalConfig` under ``eval.`` (``eval.n``)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        path = key.strip().split(".")
+        if path[0] == "eval":
+            cfg = replace(cfg, eval=_set(cfg.eval, path[1:] or [""], text.strip(), key))
+        else:
+            cfg = replace(cfg, train=_set(cfg.train, path, text.strip(), key))
+    return validate(cfg)
+
+
+def to_dict(obj: Any) -> Any:
+    """JSON-ready form of a configuration; methods carry their registry ``name``."""
+    if isinstance(obj, Method):
+        return {"name": obj.name, **{f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}}
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, tuple):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        tp, value = hints[f.name], data[f.name]
+        if tp is Method:
+            params = dict(value)
+            method_cls = METHODS[params.pop("name")]
+            value = _from_dict(method_cls, params)
+        elif dataclasses.is_dataclass(tp):
+            value = _from_dict(tp, value)
+        elif typing.get_origin(tp) is tuple:
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Inverse of :func:`to_dict` for a :class:`TrainConfig`."""
+    return _from_dict(TrainConfig, data)
+
+
+def config_hash(obj: Any) -> str:
+    """12 hex digits of the SHA-256 of the canonical JSON of ``obj`` and :data:`CACHE_VERSION`."""
+    text = json.dumps({"cache_version": CACHE_VERSION, "config": to_dict(obj)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -1,0 +1,161 @@
+"""Robustness evaluation: clean, FGSM, PGD-k with restarts, CW-∞, AutoAttack; worst case per sample.
+
+Every attack is run on the test images the model classifies correctly (a misclassified clean image counts
+as broken by every attack). The model is in eval mode throughout, so Guided Dropout (training only) is off
+and the model is deterministic; AutoAttack's own checks for randomness and gradient masking are recorded
+in the results. The *worst case* of an image is robust only if no attack that ran on it succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .attacks import eval_mode, fgsm, pgd
+from .checkpoint import write_json
+from .config import EvalConfig, config_hash, to_dict
+from .data import load_dataset, subset
+from .train import is_trained, load_run, read_history
+
+AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, batch_size: int = 500) -> Tensor:
+    """Predicted labels of ``x``, in batches."""
+    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+def _bits(flags: Tensor) -> str:
+    return "".join("1" if f else "0" for f in flags.tolist())
+
+
+class _CollectWarnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def autoattack(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, version: str, seed: int,
+               batch_size: int) -> tuple[Tensor, list[str]]:
+    """AutoAttack (Croce & Hein 2020, pyautoattack) adversarial examples and the warnings of its checks.
+
+    ``version="standard"``: APGD-CE, APGD-T (9 targets), FAB-T, Square (5000 queries);
+    ``"apgd"``: APGD-CE + APGD-T with the same settings as in ``standard``.
+    """
+    from pyautoattack import AutoAttack
+
+    with torch.no_grad():
+        num_classes = model(x[:1]).shape[1]
+    if version == "standard":
+        aa = AutoAttack(model, eps=eps, version="standard", seed=seed, device=x.device)
+    else:
+        aa = AutoAttack(model, eps=eps, version="custom", attacks=["apgd-ce", "apgd-t"], seed=seed,
+                        device=x.device)
+        aa.apgd.n_restarts = 1
+        aa.apgd_targeted.n_restarts = 1
+        aa.apgd_targeted.n_target_classes = num_classes - 1
+    handler = _CollectWarnings()
+    aa.logger.addHandler(handler)
+    try:
+        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
+    finally:
+        aa.logger.removeHandler(handler)
+    return x_adv.detach(), handler.messages
+
+
+def robustness(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluate ``model`` on ``(x, y)`` under every attack of ``cfg``; see the module docstring.
+
+    Returns a JSON-ready dict: per attack its accuracy, the number of images, seconds and a per-sample
+    robustness bit string; ``worst_case`` over all attacks on the images every attack saw.
+    """
+    torch.manual_seed(cfg.seed)
+    step = cfg.pgd_step_size
+    attacks: list[tuple[str, int, AttackFn]] = []
+    if cfg.fgsm:
+        attacks.append(("fgsm", len(x), lambda m, a, b: fgsm(m, a, b, cfg.eps)))
+    attacks.append((f"pgd{cfg.pgd_steps}", len(x), lambda m, a, b: pgd(
+        m, a, b, cfg.eps, step_size=step or 2.5 * cfg.eps / cfg.pgd_steps, steps=cfg.pgd_steps,
+        restarts=cfg.pgd_restarts)))
+    if cfg.cw_steps:
+        attacks.append((f"cw{cfg.cw_steps}", len(x), lambda m, a, b: pgd(
+            m, a, b, cfg.eps, step_size=step or 2.5 * cfg.eps / cfg.cw_steps, steps=cfg.cw_steps,
+            restarts=cfg.pgd_restarts, loss="cw")))
+    warnings: list[str] = []
+    if cfg.autoattack_n:
+        def run_aa(m: nn.Module, a: Tensor, b: Tensor) -> Tensor:
+            x_adv, messages = autoattack(m, a, b, eps=cfg.eps, version=cfg.autoattack_version,
+                                         seed=cfg.seed, batch_size=cfg.batch_size)
+            warnings.extend(messages)
+            return x_adv
+        attacks.append((f"autoattack-{cfg.autoattack_version}", min(cfg.autoattack_n, len(x)), run_aa))
+
+    results: dict[str, Any] = {"n": len(x), "eps": cfg.eps, "attacks": {}}
+    with eval_mode(model):
+        started = time.perf_counter()
+        clean = predict(model, x, cfg.batch_size) == y
+        flags = {"clean": clean}
+        results["attacks"]["clean"] = {"accuracy": clean.float().mean().item(), "n": len(x),
+                                       "seconds": time.perf_counter() - started, "robust": _bits(clean)}
+        for name, n, attack in attacks:
+            started = time.perf_counter()
+            todo = clean[:n].nonzero().squeeze(1)
+            robust = torch.zeros(n, dtype=torch.bool, device=x.device)
+            for i in range(0, len(todo), cfg.batch_size):
+                index = todo[i:i + cfg.batch_size]
+                x_adv = attack(model, x[index], y[index])
+                if (x_adv - x[index]).abs().amax() > cfg.eps + 1e-5 or x_adv.min() < 0 or x_adv.max() > 1:
+                    raise RuntimeError(f"{name} left the ε-ball or [0, 1]: the evaluation is invalid")
+                robust[index] = predict(model, x_adv, cfg.batch_size) == y[index]
+            flags[name] = robust
+            results["attacks"][name] = {"accuracy": robust.float().mean().item(), "n": n,
+                                        "seconds": time.perf_counter() - started, "robust": _bits(robust)}
+            log(f"  {name:>22}: {robust.float().mean().item():.2%} of {n} "
+                f"({time.perf_counter() - started:.1f}s)")
+    n_common = min(len(f) for f in flags.values())
+    worst = torch.stack([f[:n_common] for f in flags.values()]).all(0)
+    results["worst_case"] = {"accuracy": worst.float().mean().item(), "n": n_common,
+                             "attacks": list(flags), "robust": _bits(worst)}
+    results["autoattack_warnings"] = warnings
+    return results
+
+
+def eval_path(directory: Path, cfg: EvalConfig) -> Path:
+    return directory / f"eval-{config_hash(cfg)}.json"
+
+
+def evaluate_run(directory: str | Path, cfg: EvalConfig, *, data_root: str | Path = "data",
+                 device: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluate a trained run (cached as ``eval-<hash>.json`` in the run directory) and return the results.
+
+    The test images are a class-balanced subset of ``cfg.n`` (seed 0) of the test split, or all of it.
+    """
+    directory = Path(directory)
+    path = eval_path(directory, cfg)
+    if path.exists():
+        return json.loads(path.read_text())
+    model, train_cfg = load_run(directory, device)
+    if not is_trained(train_cfg, directory.parent):
+        raise RuntimeError(f"run {directory} has finished {len(read_history(directory))} of "
+                           f"{train_cfg.epochs} epochs; train it first (python -m aalp train ...)")
+    test = subset(load_dataset(train_cfg.data.dataset, "test", data_root), cfg.n, "balanced", seed=0)
+    x, y = test.to(next(model.parameters()).device).tensors()
+    log(f"evaluating {directory.name} [{train_cfg.method.name}] on {len(x)} test images, ε = {cfg.eps:g}")
+    started = time.perf_counter()
+    results = robustness(model, x, y, cfg, log=log)
+    results.update({"eval_config": to_dict(cfg), "run": directory.name,
+                    "seconds": time.perf_counter() - started})
+    write_json(path, results)
+    return results
