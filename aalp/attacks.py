@@ -68,7 +68,7 @@ def _check(x: Tensor, eps: float, steps: int = 1, step_size: float = 1.0, restar
         raise ValueError(f"eps must be in [0, 1] for inputs in [0, 1], got {eps}")
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
-    if step_size <= 0:
+    if not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size}")
     if restarts < 1:
         raise ValueError(f"restarts must be ≥ 1, got {restarts}")
@@ -80,10 +80,11 @@ def sign_gradient_ascent(model: nn.Module, x: Tensor, x_start: Tensor, loss_fn: 
                          eps: float, step_size: float, steps: int) -> Tensor:
     """``steps`` projected sign-gradient steps on ``loss_fn`` from ``x_start`` (model mode untouched)."""
     x_adv = project(x_start.detach(), x, eps)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        (grad,) = torch.autograd.grad(loss_fn(model(x_adv)).sum(), x_adv)
-        x_adv = project(x_adv.detach() + step_size * grad.sign(), x, eps)
+    with torch.enable_grad():  # attacks also work when called under torch.no_grad()
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            (grad,) = torch.autograd.grad(loss_fn(model(x_adv)).sum(), x_adv)
+            x_adv = project(x_adv.detach() + step_size * grad.sign(), x, eps)
     return x_adv.detach()
 
 

@@ -95,5 +95,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                 state.setdefault(int(index), {})[name] = value
         for index, entries in optim["scalars"].items():
             state.setdefault(int(index), {}).update(entries)
-        optimizer.load_state_dict({"state": state, "param_groups": optim["param_groups"]})
+        groups = [{k: tuple(v) if isinstance(fresh.get(k), tuple) else v for k, v in saved.items()}
+                  for saved, fresh in zip(optim["param_groups"], optimizer.param_groups)]  # JSON lists
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
     return metadata

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+import torch
+
 from .checkpoint import CheckpointError
 from .config import EPS, PROFILES, ConfigError, RunConfig, config_hash, profile, to_dict
 from .data import DATASETS, DataError, fetch
@@ -98,8 +100,17 @@ def _check_names(args: argparse.Namespace) -> None:
             raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if args.profile not in PROFILES:
         raise ConfigError(f"unknown profile {args.profile!r}; choose one of {', '.join(PROFILES)}")
-    if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
-        raise ConfigError(f"unknown device {args.device!r}; use auto, cpu, cuda or cuda:N")
+    if args.device == "auto":
+        return
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {args.device!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {args.device!r}; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {args.device!r} is not available here "
+                          f"({torch.cuda.device_count()} CUDA devices); use --device cpu or auto")
 
 
 def _summary_row(method: str, seed: int, results: dict) -> str:
@@ -142,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rows:
             print("\n".join(["", f"{args.profile} profile, {args.dataset}, ε = {configs[0][2].eval.eps:.4g}"]
                             + rows))
-    except (ConfigError, DataError, CheckpointError, ValueError) as err:
-        print(f"aalp: error: {err}", file=sys.stderr)
+    except (ConfigError, DataError, CheckpointError, ValueError, OSError) as err:
+        message = "; ".join(line.strip(" -") for line in str(err).splitlines() if line.strip())
+        print(f"aalp: error: {message}", file=sys.stderr)
         return 2
     return 0

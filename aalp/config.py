@@ -166,7 +166,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if o.name not in ("sgd", "adam") or o.schedule not in ("constant", "step", "cosine"):
         raise ConfigError(f"optim.name must be sgd|adam and optim.schedule constant|step|cosine, "
                           f"got {o.name!r}, {o.schedule!r}")
-    if o.lr <= 0 or o.weight_decay < 0 or not 0 <= o.momentum < 1 or not 0 < o.decay <= 1:
+    if not (o.lr > 0 and o.weight_decay >= 0 and 0 <= o.momentum < 1 and 0 < o.decay <= 1):
         raise ConfigError(f"bad optimiser values: lr={o.lr}, weight_decay={o.weight_decay}, "
                           f"momentum={o.momentum}, decay={o.decay}")
     if any(not 0 < m < 1 for m in o.milestones):
@@ -180,7 +180,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("eval.autoattack_n", e.autoattack_n, minimum=0)
     _positive("eval.batch_size", e.batch_size)
     _positive("eval.seed", e.seed, minimum=0)
-    if e.pgd_step_size is not None and e.pgd_step_size <= 0:
+    if e.pgd_step_size is not None and not e.pgd_step_size > 0:
         raise ConfigError(f"eval.pgd_step_size must be > 0, got {e.pgd_step_size}")
     if e.n is not None and e.autoattack_n > e.n:
         raise ConfigError(f"eval.autoattack_n ({e.autoattack_n}) cannot exceed eval.n ({e.n})")
@@ -322,6 +322,9 @@ def apply_overrides(cfg: RunConfig, overrides: typing.Iterable[str]) -> RunConfi
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         path = key.strip().split(".")
+        if path == ["data", "dataset"]:
+            raise ConfigError(f"set the dataset with --dataset (it also sets ε and the model), "
+                              f"not {item!r}")
         if path[0] == "eval":
             cfg = replace(cfg, eval=_set(cfg.eval, path[1:] or [""], text.strip(), key))
         else:

@@ -31,7 +31,7 @@ def keep_probability(contribution: Tensor, *, q_min: float, gamma: float, direct
     """Per-feature keep probabilities ``q ∈ [q_min, 1]`` of shape ``contribution.shape`` (``(B, d)``)."""
     if not 0.0 < q_min <= 1.0:
         raise ValueError(f"q_min must be in (0, 1], got {q_min}")
-    if gamma <= 0:
+    if not gamma > 0:
         raise ValueError(f"gamma must be > 0, got {gamma}")
     if direction not in ("low", "high"):
         raise ValueError(f"direction must be 'low' or 'high', got {direction!r}")

@@ -115,7 +115,7 @@ class ALP(Method):
     lam: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.lam < 0:
+        if not self.lam >= 0:
             raise ValueError(f"lam must be ≥ 0, got {self.lam}")
 
     def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGDConfig,
@@ -138,7 +138,7 @@ class TRADES(Method):
     beta: float = 6.0
 
     def __post_init__(self) -> None:
-        if self.beta < 0:
+        if not self.beta >= 0:
             raise ValueError(f"beta must be ≥ 0, got {self.beta}")
 
     def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGDConfig,
@@ -170,7 +170,7 @@ class MART(Method):
     beta: float = 6.0
 
     def __post_init__(self) -> None:
-        if self.beta < 0:
+        if not self.beta >= 0:
             raise ValueError(f"beta must be ≥ 0, got {self.beta}")
 
     def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGDConfig,
@@ -268,9 +268,9 @@ class AALP(Method):
     weight_normalize: bool = False
 
     def __post_init__(self) -> None:
-        if self.lam < 0:
+        if not self.lam >= 0:
             raise ValueError(f"lam must be ≥ 0, got {self.lam}")
-        if self.gd_warmup_epochs < 0:
+        if not self.gd_warmup_epochs >= 0:
             raise ValueError(f"gd_warmup_epochs must be ≥ 0, got {self.gd_warmup_epochs}")
         if self.gd_source not in ("clean", "adv"):
             raise ValueError(f"gd_source must be 'clean' or 'adv', got {self.gd_source!r}")
