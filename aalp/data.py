@@ -333,7 +333,13 @@ def _from_npm(tmp: Path) -> Path:
 
 def _from_debian(tmp: Path) -> Path:
     """Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (``usr/share/datasets/...gz``)."""
-    _run(["apt-get", "download", "dataset-fashion-mnist"], tmp)
+    try:
+        _run(["apt-get", "download", "dataset-fashion-mnist"], tmp)
+    except DataError:
+        if not hasattr(os, "geteuid") or os.geteuid() != 0:
+            raise
+        _run(["apt-get", "update", "-qq"], tmp)  # a fresh machine has no package lists yet
+        _run(["apt-get", "download", "dataset-fashion-mnist"], tmp)
     debs = list(tmp.glob("dataset-fashion-mnist_*.deb"))
     if len(debs) != 1:
         raise DataError(f"apt-get download left {len(debs)} .deb files, expected 1")
