@@ -8,7 +8,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from aalp.attacks import PGDConfig
-from aalp.methods import AALP, ALP, MART, METHODS, TRADES, make_method, sample_weights
+from aalp.methods import AALP, ALP, MART, METHODS, TRADES, make_method, pairing_conflict, sample_weights
 from aalp.models import Classifier, build_model
 
 ATTACK = PGDConfig(0.3, step_size=0.1, steps=2)
@@ -156,3 +156,18 @@ def test_weights_carry_no_gradient() -> None:
 def test_bad_method_parameters(name: str, params: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         make_method(name, **params)
+
+
+def test_pairing_conflict_matches_autograd() -> None:
+    torch.manual_seed(0)
+    z, z_adv = torch.randn(6, 10), torch.randn(6, 10, requires_grad=True)
+    y, w = torch.randint(0, 10, (6,)), torch.rand(6)
+    g_ce, = torch.autograd.grad(F.cross_entropy(z_adv, y, reduction="sum"), z_adv)
+    g_pair, = torch.autograd.grad((0.5 * w * (z - z_adv).pow(2).mean(1)).sum(), z_adv)
+    out = pairing_conflict(z, z_adv.detach(), y, 0.5, w)
+    assert torch.allclose(out["conflict_cos"], F.cosine_similarity(g_ce, g_pair, dim=1), atol=1e-5)
+    assert torch.allclose(out["pair_grad_ratio"], g_pair.norm(dim=1) / g_ce.norm(dim=1), atol=1e-5)
+    expected = ((out["conflict_cos"] < 0) & (out["pair_grad_ratio"] > 1)).float()
+    assert torch.equal(out["conflict"], expected)
+    no_pull = pairing_conflict(z, z, y, 0.5, w)  # identical logits: no pairing gradient, no conflict
+    assert torch.equal(no_pull["conflict"], torch.zeros(6))
