@@ -1,20 +1,37 @@
-# Two entry points for a fresh clone (see README):  make run   (main job)   and   make test.
+# Two entry points for a fresh clone (see README):  make run  (builds the book)  and  make test.
 # Each creates .venv on first use, installs the package with pinned torch/torchvision, and fetches data.
-PYTHON ?= python3
-VENV   := .venv
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-stamp
+PYTHON  ?= python3
+PROFILE ?= smoke
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: run test test-fast data clean-runs
+.PHONY: run test test-unit test-notebooks test-book book reproduce pdf data clean-runs
 
-run: data  ## train ALP and AALP (smoke profile) on real MNIST, evaluate, print clean and robust accuracy
-	$(PY) -m aalp run --profile smoke --dataset mnist --methods alp aalp --quiet
+run: book  ## main job: the HTML book from the committed executed notebooks -> book/_build/html/index.html
 
-test: data  ## the whole test suite (a few minutes on 2 cores)
-	$(PY) -m pytest -q
+book: data
+	$(PY) -m aalp book
 
-test-fast: $(STAMP)  ## unit tests without the slow data-fetch tests
-	$(PY) -m pytest -q -m "not slow"
+reproduce: data  ## execute the notebooks of PROFILE (smoke | cpu | paper); unchanged ones are skipped
+	$(PY) -m aalp reproduce --profile $(PROFILE)
+
+test: test-unit test-notebooks test-book  ## everything CI runs
+
+test-unit: data  ## unit tests (a few minutes on 2 cores)
+	$(PY) -m pytest -q tests
+
+test-notebooks: data  ## every notebook executed by nbval at the smoke profile
+	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks/
+
+test-book: data  ## build the smoke book with warnings as errors, then check the HTML
+	$(PY) -m aalp book --profile smoke
+	AALP_BOOK_BUILT=1 $(PY) -m pytest -q tests/test_book_html.py
+
+pdf: data  ## book.pdf via the single-page build and headless Chromium (apt-get install chromium)
+	$(PY) -m aalp book --builder singlehtml
+	chromium --headless --no-sandbox --disable-gpu --no-pdf-header-footer --print-to-pdf=book.pdf \
+	  book/_build/singlehtml/index.html
 
 data: $(STAMP)  ## MNIST + Fashion-MNIST into data/, verified by SHA-256 (offline sources if needed)
 	$(PY) -m aalp data fetch mnist fashion-mnist
@@ -24,5 +41,5 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-clean-runs:  ## delete the local run cache (trained models and evaluations)
+clean-runs:  ## delete the local run cache of the CLI (runs/); results/<profile>/ are left alone
 	rm -rf runs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -81,6 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
                        ("evaluate", "evaluate a trained configuration (cached in its run directory)")]:
         sub = commands.add_parser(name, help=text, description=text, epilog=EPILOG, formatter_class=formatter)
         _selection(sub)
+    reproduce = commands.add_parser(
+        "reproduce", help="execute the notebooks of a profile with papermill (unchanged ones are skipped)",
+        description="Execute notebooks/*.ipynb in order with the profile injected; results go to "
+                    "results/<profile>/ (run cache, JSON, executed notebooks). A failing notebook is kept "
+                    "with its traceback and the command exits with status 1.")
+    reproduce.add_argument("--profile", default="smoke", help="smoke | cpu | paper (default: smoke)")
+    reproduce.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="execute only these notebooks")
+    reproduce.add_argument("--force", action="store_true", help="execute even unchanged notebooks")
+    book = commands.add_parser(
+        "book", help="build the Jupyter Book from a profile's executed notebooks",
+        description="Copy results/<profile>/notebooks into book/ and run jupyter-book build -W "
+                    "(warnings are errors). Output: book/_build/html/index.html.")
+    book.add_argument("--profile", default=None,
+                      help="default: the most complete profile with executed notebooks (paper, cpu, smoke)")
+    book.add_argument("--builder", default="html", help="html (default) or singlehtml (for the PDF)")
     run = commands.add_parser("run", help="train and evaluate several methods / seeds, print a table",
                               description="Train (or reuse) and evaluate each method × seed, then print "
                                           "clean and robust accuracy.", epilog=EPILOG, formatter_class=formatter)
@@ -124,6 +140,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "data":
             fetch(args.names, args.root)
+            return 0
+        if args.command in ("reproduce", "book"):
+            from .reproduce import NotebookFailed, build_book, default_book_profile, reproduce
+            try:
+                if args.command == "reproduce":
+                    reproduce(args.profile, only=args.only, force=args.force)
+                else:
+                    build_book(args.profile or default_book_profile(), builder=args.builder)
+            except NotebookFailed as err:
+                print(f"aalp: error: {err}", file=sys.stderr)
+                return 1
+            except subprocess.CalledProcessError as err:
+                print(f"aalp: error: the book build failed (exit {err.returncode}); see the messages above",
+                      file=sys.stderr)
+                return 1
             return 0
         _check_names(args)
         if args.command == "run":

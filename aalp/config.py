@@ -226,7 +226,7 @@ def profile(name: str, dataset: str = "mnist", method: str = "aalp",
             val_attack=PGDConfig(eps, step_size=2.5 * eps / 5, steps=5),
             optim=OptimConfig("adam", lr=1e-3),
             epochs=1, batch_size=100)
-        ev = EvalConfig(eps, n=200, pgd_steps=10, cw_steps=10, autoattack_n=100,
+        ev = EvalConfig(eps, n=200, pgd_steps=10, cw_steps=10, autoattack_n=50,
                         autoattack_version="apgd", batch_size=200)
     elif name == "cpu":
         train = TrainConfig(

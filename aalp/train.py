@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import __version__
 from .attacks import PGDConfig, pgd
@@ -34,6 +35,23 @@ from .models import Classifier, build_model
 
 BatchCallback = Callable[[int, torch.Tensor, MethodOutput], None]
 """Called after every training step with (epoch, indices of the batch in the training set, output)."""
+
+
+def machine() -> dict[str, Any]:
+    """What the timings were measured on."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                            "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -187,6 +205,7 @@ def train(cfg: TrainConfig, *, runs_root: str | Path = "runs", data_root: str | 
         record["train_seconds"] = time.perf_counter() - started
         record.update(monitor(model, val_data, cfg.val_attack))
         record["seconds"] = time.perf_counter() - started
+        record["machine"] = {**machine(), "device": str(dev)}
         history.append(record)
         save_checkpoint(checkpoint, model, optimizer, {"history": history, "config": to_dict(cfg)})
         atomic_write(directory / "metrics.jsonl",

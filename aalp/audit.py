@@ -1,0 +1,118 @@
+"""Gradient-masking audit of a trained model (Athalye et al. 2018; Mosbach et al. 2018 for logit pairing).
+
+A robust-accuracy number is trustworthy only if the attack that produced it works on the model. The
+audit runs, on one fixed set of test images:
+
+- accuracy against PGD as the number of steps grows (it must not rise, and should level off);
+- accuracy against PGD as ε grows (it must fall to ≈ 0: at large ε any image can be reached);
+- PGD with several random restarts against one;
+- a black-box attack, Square (Andriushchenko et al. 2020, 5000 queries by default): if it beats the
+  white-box attacks, their gradients are masked;
+- transfer from a separately trained surrogate (PGD-AT): if it beats the white-box attacks, likewise.
+
+:func:`audit` returns the curves and a dict of pass/fail checks with the numbers behind them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .attacks import eval_mode, pgd
+from .evaluate import predict
+
+
+def _robust(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[[Tensor, Tensor], Tensor],
+            batch_size: int) -> Tensor:
+    """Per-sample robustness: correct on the clean image and on its adversarial example."""
+    with eval_mode(model):
+        correct = predict(model, x, batch_size) == y
+        out = torch.zeros_like(correct)
+        todo = correct.nonzero().squeeze(1)
+        for i in range(0, len(todo), batch_size):
+            index = todo[i:i + batch_size]
+            out[index] = predict(model, attack(x[index], y[index]), batch_size) == y[index]
+    return out
+
+
+def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, *, restarts: int = 1,
+                 batch_size: int = 500) -> float:
+    """Accuracy under PGD-``steps`` (CE, step 2.5·ε/steps, random start) with ``restarts``."""
+    if eps == 0:
+        return (predict(model, x, batch_size) == y).float().mean().item()
+    attack = lambda a, b: pgd(model, a, b, eps, step_size=2.5 * eps / steps, steps=steps,  # noqa: E731
+                              restarts=restarts)
+    return _robust(model, x, y, attack, batch_size).float().mean().item()
+
+
+def square_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, queries: int = 5000,
+                    seed: int = 0, batch_size: int = 500) -> float:
+    """Accuracy under the Square attack (score-based black box, ``pyautoattack``)."""
+    from pyautoattack import AutoAttack
+
+    def attack(a: Tensor, b: Tensor) -> Tensor:
+        aa = AutoAttack(model, eps=eps, version="custom", attacks=["square"], seed=seed, device=a.device)
+        aa.square.n_queries = queries
+        return aa.run_standard_evaluation(a, b, batch_size=batch_size)[0]
+
+    return _robust(model, x, y, attack, batch_size).float().mean().item()
+
+
+def transfer_accuracy(surrogate: nn.Module, model: nn.Module, x: Tensor, y: Tensor, eps: float, *,
+                      steps: int = 40, batch_size: int = 500) -> float:
+    """Accuracy of ``model`` on PGD examples crafted against ``surrogate``."""
+    attack = lambda a, b: pgd(surrogate, a, b, eps, step_size=2.5 * eps / steps, steps=steps)  # noqa: E731
+    return _robust(model, x, y, attack, batch_size).float().mean().item()
+
+
+def audit(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, surrogate: nn.Module | None = None,
+          steps: Sequence[int] = (1, 5, 10, 20, 50), eps_scale: Sequence[float] = (0.25, 0.5, 1, 2, 3),
+          restarts: int = 5, square_queries: int = 5000, tolerance: float = 0.02,
+          large_eps_max_accuracy: float = 0.05, batch_size: int = 500) -> dict[str, Any]:
+    """Run the audit; see the module docstring.
+
+    Args:
+        steps: PGD step counts for the steps curve (at ``eps``).
+        eps_scale: multiples of ``eps`` for the ε curve (PGD with the largest step count, capped at 1).
+        restarts: restarts of the restart check (PGD with the largest step count).
+        tolerance: slack, in accuracy, for "not higher than" comparisons.
+        large_eps_max_accuracy: the ε curve passes if accuracy at its largest ε is at most this.
+    """
+    steps = sorted(steps)
+    k = steps[-1]
+    steps_curve = [{"steps": s, "accuracy": pgd_accuracy(model, x, y, eps, s, batch_size=batch_size)}
+                   for s in steps]
+    eps_values = sorted({min(1.0, eps * m) for m in eps_scale} | {0.0})
+    eps_curve = [{"eps": e, "accuracy": pgd_accuracy(model, x, y, e, k, batch_size=batch_size)}
+                 for e in eps_values]
+    white = steps_curve[-1]["accuracy"]
+    restart = pgd_accuracy(model, x, y, eps, k, restarts=restarts, batch_size=batch_size)
+    square = square_accuracy(model, x, y, eps, queries=square_queries, batch_size=batch_size)
+    best_white = min(white, restart)
+    checks: dict[str, dict[str, Any]] = {
+        "more_steps_not_weaker": {
+            "passed": all(b["accuracy"] <= a["accuracy"] + tolerance for a, b in zip(steps_curve, steps_curve[1:])),
+            "detail": f"PGD accuracy by steps: {[round(p['accuracy'], 3) for p in steps_curve]}"},
+        "large_eps_breaks_model": {
+            "passed": eps_curve[-1]["accuracy"] <= large_eps_max_accuracy,
+            "detail": f"accuracy {eps_curve[-1]['accuracy']:.3f} at ε = {eps_curve[-1]['eps']:.3g}"},
+        "restarts_change_little": {
+            "passed": white - restart <= 2 * tolerance,
+            "detail": f"PGD-{k}: {white:.3f} with 1 restart, {restart:.3f} with {restarts}"},
+        "black_box_not_stronger": {
+            "passed": square >= best_white - tolerance,
+            "detail": f"Square {square:.3f} vs best white-box PGD {best_white:.3f}"},
+    }
+    result: dict[str, Any] = {"eps": eps, "n": len(x), "steps_curve": steps_curve, "eps_curve": eps_curve,
+                              "pgd_restarts": restart, "square": square, "checks": checks}
+    if surrogate is not None:
+        transfer = transfer_accuracy(surrogate, model, x, y, eps, steps=k, batch_size=batch_size)
+        result["transfer"] = transfer
+        checks["transfer_not_stronger"] = {
+            "passed": transfer >= best_white - tolerance,
+            "detail": f"transfer from the surrogate {transfer:.3f} vs best white-box PGD {best_white:.3f}"}
+    result["passed"] = all(c["passed"] for c in checks.values())
+    return result

@@ -1,0 +1,177 @@
+"""What the notebooks call: get a trained and evaluated run from the cache (training it if missing), and
+turn runs into tables.
+
+A notebook opens a :class:`Study` for its profile and asks it for runs by dataset, method, seed and
+overrides; every notebook of a profile shares the run cache ``results/<profile>/runs``, so no
+configuration is trained twice, and writes its numbers to ``results/<profile>/<notebook>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .checkpoint import write_json
+from .config import PROFILES, ConfigError, RunConfig, profile as profile_config
+from .data import ArrayDataset, load_dataset, subset
+from .evaluate import evaluate_run
+from .models import Classifier
+from .train import load_run, read_history, train
+
+
+@dataclass
+class Run:
+    """A trained (and usually evaluated) configuration."""
+
+    label: str
+    config: RunConfig
+    directory: Path
+    results: dict[str, Any] | None
+    seed: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @cached_property
+    def model(self) -> Classifier:
+        """The trained model (CPU, eval mode)."""
+        return load_run(self.directory, "cpu")[0]
+
+    def accuracy(self, attack: str) -> float:
+        """Accuracy under ``attack`` (a key of ``results["attacks"]``, or ``"worst_case"``)."""
+        if self.results is None:
+            raise ValueError(f"run {self.label} was not evaluated")
+        if attack == "worst_case":
+            return self.results["worst_case"]["accuracy"]
+        return self.results["attacks"][attack]["accuracy"]
+
+
+def get_run(profile: str, dataset: str, method: str, seed: int = 0, overrides: Sequence[str] = (), *,
+            label: str | None = None, runs_dir: str | Path = "runs", data_dir: str | Path = "data",
+            evaluate: bool = True, device: str | None = None) -> Run:
+    """Train (if not cached) and evaluate (if not cached) one configuration of ``profile``."""
+    cfg = profile_config(profile, dataset, method, [*overrides, f"seed={seed}"])
+    directory = train(cfg.train, runs_root=runs_dir, data_root=data_dir, device=device, progress=False)
+    results = evaluate_run(directory, cfg.eval, data_root=data_dir, device=device) if evaluate else None
+    return Run(label or method, cfg, directory, results, seed, read_history(directory))
+
+
+def results_frame(runs: Iterable[Run]) -> pd.DataFrame:
+    """One row per run: label, seed, the accuracy under each attack and the worst case, training time."""
+    rows = []
+    for run in runs:
+        row: dict[str, Any] = {"method": run.label, "seed": run.seed}
+        if run.results is not None:
+            for name, attack in run.results["attacks"].items():
+                row[name] = attack["accuracy"]
+            row["worst_case"] = run.results["worst_case"]["accuracy"]
+            row["eval_seconds"] = run.results["seconds"]
+        row["train_seconds"] = sum(r["train_seconds"] for r in run.history)
+        row["epochs"] = len(run.history)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def mean_std(frame: pd.DataFrame, columns: Sequence[str], by: str = "method",
+             percent: bool = True) -> pd.DataFrame:
+    """``mean ± std`` over seeds of ``columns`` per ``by`` group, as strings (std is omitted for one seed)."""
+    def cell(values: pd.Series) -> str:
+        scale, unit = (100.0, "") if percent else (1.0, "")
+        mean = values.mean() * scale
+        if len(values) < 2 or math.isnan(values.std()):
+            return f"{mean:.1f}{unit}"
+        return f"{mean:.1f} ± {values.std() * scale:.1f}{unit}"
+
+    grouped = frame.groupby(by, sort=False)[list(columns)]
+    table = grouped.agg(cell)
+    table.insert(0, "seeds", frame.groupby(by, sort=False).size())
+    return table
+
+
+EXPERIMENT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "smoke": {"seeds": [0], "datasets": ["mnist", "fashion-mnist"], "analysis_n": 200},
+    "cpu": {"seeds": [0, 1, 2], "datasets": ["mnist", "fashion-mnist"], "analysis_n": 1000},
+    "paper": {"seeds": [0, 1, 2], "datasets": ["mnist", "cifar10", "svhn"], "analysis_n": 1000},
+}
+"""Per profile: the seeds and datasets of the main table, and the test images the analyses use."""
+
+
+@dataclass
+class Study:
+    """One profile's experiments, rooted at the repository ``root``."""
+
+    profile: str
+    root: Path
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ConfigError(f"unknown profile {self.profile!r}; choose one of {', '.join(PROFILES)}")
+        self.root = Path(self.root).resolve()
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return EXPERIMENT_DEFAULTS[self.profile]
+
+    @property
+    def results_dir(self) -> Path:
+        return self.root / "results" / self.profile
+
+    def run(self, dataset: str, method: str, seed: int = 0, overrides: Sequence[str] = (), *,
+            label: str | None = None, evaluate: bool = True) -> Run:
+        """The run of this profile (trained and evaluated if not cached)."""
+        return get_run(self.profile, dataset, method, seed, overrides, label=label,
+                       runs_dir=self.results_dir / "runs", data_dir=self.root / "data", evaluate=evaluate)
+
+    def test_images(self, dataset: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A class-balanced subset (seed 0) of the test split: ``n`` images, or the profile's analysis size."""
+        data = load_dataset(dataset, "test", self.root / "data")
+        return subset(data, n or self.defaults["analysis_n"], "balanced", seed=0).tensors()
+
+    def train_images(self, dataset: str, n: int | None = None) -> ArrayDataset:
+        """A class-balanced subset (seed 0) of the training split."""
+        data = load_dataset(dataset, "train", self.root / "data")
+        return subset(data, n or self.defaults["analysis_n"], "balanced", seed=0)
+
+    def save(self, notebook: str, results: dict[str, Any]) -> Path:
+        """Write ``results`` (JSON-ready) to ``results/<profile>/<notebook>.json``."""
+        path = self.results_dir / f"{notebook}.json"
+        write_json(path, {"profile": self.profile, "notebook": notebook, **results})
+        return path
+
+    def load(self, notebook: str) -> dict[str, Any]:
+        """The results another notebook of this profile saved."""
+        path = self.results_dir / f"{notebook}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing; run the {notebook} notebook first")
+        return json.loads(path.read_text())
+
+
+def robust_bits(run: Run, attack: str = "worst_case") -> torch.Tensor:
+    """Per-sample robustness (1 = survived) of ``run`` under ``attack`` or the worst case."""
+    if run.results is None:
+        raise ValueError(f"run {run.label} was not evaluated")
+    entry = run.results["worst_case"] if attack == "worst_case" else run.results["attacks"][attack]
+    return torch.tensor([b == "1" for b in entry["robust"]], dtype=torch.float64)
+
+
+def paired_difference(runs_a: Sequence[Run], runs_b: Sequence[Run], attack: str = "worst_case",
+                      z: float = 1.96) -> dict[str, float]:
+    """Accuracy of A minus accuracy of B with a normal-approximation 95 % interval, paired per test image
+    and per seed (runs are paired in order; both must be evaluated on the same images)."""
+    if len(runs_a) != len(runs_b) or not runs_a:
+        raise ValueError("need the same positive number of runs for A and B")
+    diffs = []
+    for a, b in zip(runs_a, runs_b):
+        bits_a, bits_b = robust_bits(a, attack), robust_bits(b, attack)
+        n = min(len(bits_a), len(bits_b))
+        diffs.append(bits_a[:n] - bits_b[:n])
+    d = torch.cat(diffs)
+    mean = d.mean().item()
+    half = z * (d.std(unbiased=True).item() / math.sqrt(len(d)) if len(d) > 1 else float("nan"))
+    return {"difference": mean, "low": mean - half, "high": mean + half, "n": len(d)}

@@ -1,0 +1,141 @@
+"""Execute the notebooks of a profile with papermill, and build the Jupyter Book from them.
+
+Layout, per profile (so that running one profile never touches another's results):
+
+- ``results/<profile>/runs/``: the run cache the notebooks share (trained models, evaluations);
+- ``results/<profile>/<notebook>.json``: the numbers each notebook produced;
+- ``results/<profile>/notebooks/<notebook>.ipynb``: the executed notebooks, with a ``.stamp`` beside each
+  holding the hash of its inputs (notebook source, parameters, ``aalp`` source): an unchanged notebook is
+  not executed again.
+
+The book is built from one profile's executed notebooks, copied into ``book/notebooks/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from .config import PROFILES, ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+NOTEBOOKS = (
+    "01_feature_contribution",
+    "02_alp_target_fit",
+    "03_main_results",
+    "04_ablation",
+    "05_robustness_audit",
+    "06_cost",
+)
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; the executed copy with the error is saved where the message says."""
+
+
+def results_dir(profile: str, root: Path = ROOT) -> Path:
+    return root / "results" / profile
+
+
+def parameters(profile: str) -> dict[str, Any]:
+    """The parameters injected into every notebook; each notebook takes its experiment's defaults for that
+    profile, and finds the repository as ``..`` (papermill runs it in ``notebooks/``)."""
+    return {"profile": profile}
+
+
+def _source_hash(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted((root / "aalp").rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def input_hash(notebook: Path, params: dict[str, Any], root: Path = ROOT) -> str:
+    """Hash of what determines an executed notebook: its source, its parameters and the package code."""
+    digest = hashlib.sha256(notebook.read_bytes())
+    digest.update(json.dumps(params, sort_keys=True).encode())
+    digest.update(_source_hash(root).encode())
+    return digest.hexdigest()
+
+
+def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None, force: bool = False,
+              log: Callable[[str], None] = partial(print, flush=True)) -> list[Path]:
+    """Execute the notebooks of ``profile`` in order (skipping unchanged ones); return the executed paths.
+
+    Raises:
+        NotebookFailed: a notebook raised; its executed copy (with the traceback) is kept.
+    """
+    import papermill
+
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    names = list(NOTEBOOKS) if not only else only
+    unknown = [n for n in names if n not in NOTEBOOKS]
+    if unknown:
+        raise ConfigError(f"unknown notebook(s) {', '.join(unknown)}; choose from {', '.join(NOTEBOOKS)}")
+    out_dir = results_dir(profile, root) / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = parameters(profile)
+    executed = []
+    for name in names:
+        source, target = root / "notebooks" / f"{name}.ipynb", out_dir / f"{name}.ipynb"
+        stamp = target.with_suffix(".stamp")
+        key = input_hash(source, params, root)
+        if not force and target.exists() and stamp.exists() and stamp.read_text().strip() == key:
+            log(f"{name}: unchanged, not executed again")
+            executed.append(target)
+            continue
+        stamp.unlink(missing_ok=True)
+        started = time.perf_counter()
+        log(f"{name}: executing ({profile} profile) …")
+        try:
+            papermill.execute_notebook(str(source), str(target), parameters=params, kernel_name="python3",
+                                       cwd=str(root / "notebooks"), progress_bar=False)
+        except papermill.PapermillExecutionError as err:
+            raise NotebookFailed(f"notebook {name} failed ({err.ename}: {err.evalue}); the executed copy "
+                                 f"with the traceback is {target}") from None
+        stamp.write_text(key + "\n")
+        log(f"{name}: done in {time.perf_counter() - started:.0f} s")
+        executed.append(target)
+    return executed
+
+
+def build_book(profile: str, *, root: Path = ROOT, builder: str = "html",
+               log: Callable[[str], None] = partial(print, flush=True)) -> Path:
+    """Copy ``profile``'s executed notebooks into the book and build it with warnings as errors."""
+    source = results_dir(profile, root) / "notebooks"
+    missing = [n for n in NOTEBOOKS if not (source / f"{n}.ipynb").exists()]
+    if missing:
+        raise ConfigError(f"the {profile} profile has no executed {', '.join(missing)}; run "
+                          f"'python -m aalp reproduce --profile {profile}' first")
+    book = root / "book"
+    target = book / "notebooks"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    for name in NOTEBOOKS:
+        shutil.copy2(source / f"{name}.ipynb", target / f"{name}.ipynb")
+    command = [str(Path(sys.executable).with_name("jupyter-book")), "build", "-W", "-n", "--keep-going",
+               "--builder", builder, str(book)]
+    log(" ".join(command))
+    subprocess.run(command, check=True)
+    out = book / "_build" / builder / "index.html"
+    log(f"book: {out}")
+    return out
+
+
+def default_book_profile(root: Path = ROOT) -> str:
+    """The most complete profile with executed notebooks: paper, then cpu, then smoke."""
+    for profile in ("paper", "cpu", "smoke"):
+        if all((results_dir(profile, root) / "notebooks" / f"{n}.ipynb").exists() for n in NOTEBOOKS):
+            return profile
+    return "smoke"
