@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed-stamp
 
 run: book  ## main job: the HTML book from the committed executed notebooks -> book/_build/html/index.html
 
-book: data
+book: $(STAMP)  ## the HTML book of the most complete committed profile (no data or training needed)
 	$(PY) -m aalp book
 
 reproduce: data  ## execute the notebooks of PROFILE (smoke | cpu | paper); unchanged ones are skipped

@@ -71,7 +71,7 @@ def transfer_accuracy(surrogate: nn.Module, model: nn.Module, x: Tensor, y: Tens
 def audit(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, surrogate: nn.Module | None = None,
           steps: Sequence[int] = (1, 5, 10, 20, 50), eps_scale: Sequence[float] = (0.25, 0.5, 1, 2, 3),
           restarts: int = 5, square_queries: int = 5000, tolerance: float = 0.02,
-          large_eps_max_accuracy: float = 0.05, batch_size: int = 500) -> dict[str, Any]:
+          large_eps_max_accuracy: float = 0.05, batch_size: int = 500, seed: int = 0) -> dict[str, Any]:
     """Run the audit; see the module docstring.
 
     Args:
@@ -80,7 +80,9 @@ def audit(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, surrogate: nn.M
         restarts: restarts of the restart check (PGD with the largest step count).
         tolerance: slack, in accuracy, for "not higher than" comparisons.
         large_eps_max_accuracy: the ε curve passes if accuracy at its largest ε is at most this.
+        seed: seeds the random starts and Square, so the audit is repeatable.
     """
+    torch.manual_seed(seed)
     steps = sorted(steps)
     k = steps[-1]
     steps_curve = [{"steps": s, "accuracy": pgd_accuracy(model, x, y, eps, s, batch_size=batch_size)}
@@ -90,7 +92,7 @@ def audit(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, surrogate: nn.M
                  for e in eps_values]
     white = steps_curve[-1]["accuracy"]
     restart = pgd_accuracy(model, x, y, eps, k, restarts=restarts, batch_size=batch_size)
-    square = square_accuracy(model, x, y, eps, queries=square_queries, batch_size=batch_size)
+    square = square_accuracy(model, x, y, eps, queries=square_queries, seed=seed, batch_size=batch_size)
     best_white = min(white, restart)
     checks: dict[str, dict[str, Any]] = {
         "more_steps_not_weaker": {

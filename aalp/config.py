@@ -220,13 +220,13 @@ def profile(name: str, dataset: str = "mnist", method: str = "aalp",
     if name == "smoke":
         train = TrainConfig(
             model="smallcnn" if small else "preact-resnet18",
-            data=DataConfig(dataset, train_size=2000, val_size=200),
+            data=DataConfig(dataset, train_size=1000, val_size=100),
             method=meth,
             attack=PGDConfig(eps, step_size=2.5 * eps / 5, steps=5),
             val_attack=PGDConfig(eps, step_size=2.5 * eps / 5, steps=5),
             optim=OptimConfig("adam", lr=1e-3),
             epochs=1, batch_size=100)
-        ev = EvalConfig(eps, n=200, pgd_steps=10, cw_steps=10, autoattack_n=50,
+        ev = EvalConfig(eps, n=200, pgd_steps=10, cw_steps=10, autoattack_n=25,
                         autoattack_version="apgd", batch_size=200)
     elif name == "cpu":
         train = TrainConfig(

@@ -24,7 +24,7 @@ from .config import PROFILES, ConfigError, RunConfig, profile as profile_config
 from .data import ArrayDataset, load_dataset, subset
 from .evaluate import evaluate_run
 from .models import Classifier
-from .train import load_run, read_history, train
+from .train import is_trained, load_run, read_history, run_dir, train
 
 
 @dataclass
@@ -57,9 +57,17 @@ def get_run(profile: str, dataset: str, method: str, seed: int = 0, overrides: S
             evaluate: bool = True, device: str | None = None) -> Run:
     """Train (if not cached) and evaluate (if not cached) one configuration of ``profile``."""
     cfg = profile_config(profile, dataset, method, [*overrides, f"seed={seed}"])
-    directory = train(cfg.train, runs_root=runs_dir, data_root=data_dir, device=device, progress=False)
+    directory = run_dir(cfg.train, runs_dir)
+    if not is_trained(cfg.train, runs_dir):
+        train(cfg.train, runs_root=runs_dir, data_root=data_dir, device=device, progress=False)
     results = evaluate_run(directory, cfg.eval, data_root=data_dir, device=device) if evaluate else None
     return Run(label or method, cfg, directory, results, seed, read_history(directory))
+
+
+def attack_order(name: str) -> tuple[int, str]:
+    """Sort key that lists attacks from weakest to strongest family: clean, FGSM, PGD, CW, AutoAttack."""
+    families = ("clean", "fgsm", "pgd", "cw", "autoattack")
+    return next((i for i, f in enumerate(families) if name.startswith(f)), len(families)), name
 
 
 def results_frame(runs: Iterable[Run]) -> pd.DataFrame:
@@ -68,8 +76,8 @@ def results_frame(runs: Iterable[Run]) -> pd.DataFrame:
     for run in runs:
         row: dict[str, Any] = {"method": run.label, "seed": run.seed}
         if run.results is not None:
-            for name, attack in run.results["attacks"].items():
-                row[name] = attack["accuracy"]
+            for name in sorted(run.results["attacks"], key=attack_order):
+                row[name] = run.results["attacks"][name]["accuracy"]
             row["worst_case"] = run.results["worst_case"]["accuracy"]
             row["eval_seconds"] = run.results["seconds"]
         row["train_seconds"] = sum(r["train_seconds"] for r in run.history)
@@ -89,9 +97,22 @@ def mean_std(frame: pd.DataFrame, columns: Sequence[str], by: str = "method",
         return f"{mean:.1f} ± {values.std() * scale:.1f}{unit}"
 
     grouped = frame.groupby(by, sort=False)[list(columns)]
-    table = grouped.agg(cell)
+    table = grouped.agg(cell)[list(columns)]
     table.insert(0, "seeds", frame.groupby(by, sort=False).size())
     return table
+
+
+class Text:
+    """A phrase to glue into the book: its plain-text form has no quotes (unlike a glued ``str``)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def _repr_markdown_(self) -> str:
+        return self.text
 
 
 EXPERIMENT_DEFAULTS: dict[str, dict[str, Any]] = {

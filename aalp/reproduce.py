@@ -113,6 +113,8 @@ def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None,
 def build_book(profile: str, *, root: Path = ROOT, builder: str = "html",
                log: Callable[[str], None] = partial(print, flush=True)) -> Path:
     """Copy ``profile``'s executed notebooks into the book and build it with warnings as errors."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     source = results_dir(profile, root) / "notebooks"
     missing = [n for n in NOTEBOOKS if not (source / f"{n}.ipynb").exists()]
     if missing:
@@ -124,8 +126,9 @@ def build_book(profile: str, *, root: Path = ROOT, builder: str = "html",
     target.mkdir()
     for name in NOTEBOOKS:
         shutil.copy2(source / f"{name}.ipynb", target / f"{name}.ipynb")
-    command = [str(Path(sys.executable).with_name("jupyter-book")), "build", "-W", "-n", "--keep-going",
-               "--builder", builder, str(book)]
+    # --all: Sphinx would otherwise keep pages whose source did not change, with stale glued numbers
+    command = [str(Path(sys.executable).with_name("jupyter-book")), "build", "--all", "-W", "-n",
+               "--keep-going", "--builder", builder, str(book)]
     log(" ".join(command))
     subprocess.run(command, check=True)
     out = book / "_build" / builder / "index.html"

@@ -189,7 +189,8 @@ def train(cfg: TrainConfig, *, runs_root: str | Path = "runs", data_root: str | 
     history: list[dict[str, Any]] = []
     if checkpoint.exists():
         history = load_checkpoint(checkpoint, model, optimizer, dev)["history"]
-        log(f"resuming {directory} after epoch {len(history)}/{cfg.epochs}")
+        log(f"resuming {directory} after epoch {len(history)}/{cfg.epochs}" if len(history) < cfg.epochs
+            else f"{directory}: already trained ({cfg.epochs} epochs)")
     last = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
     for epoch in range(len(history), last):
         started = time.perf_counter()

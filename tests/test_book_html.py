@@ -29,7 +29,11 @@ def page(name: str) -> str:
     return path.read_text()
 
 
-@pytest.mark.parametrize("name", ["index", "intro", "method", "results", "reproduce"])
+def test_index_leads_to_the_introduction() -> None:
+    assert 'url=intro.html' in page("index")
+
+
+@pytest.mark.parametrize("name", ["intro", "method", "results", "reproduce"])
 def test_text_pages(name: str) -> None:
     text = page(name)
     assert "<h1" in text
@@ -54,7 +58,7 @@ def test_tables(name: str) -> None:
 
 def test_results_page_numbers_are_glued() -> None:
     text = re.sub(r"<[^>]+>", "", page("results"))
-    assert "{glue" not in text
+    assert "{glue" not in text and "object&gt;" not in text and "object>" not in text
     assert re.search(r"\d+\.\d%", text), "no glued percentages on the results page"
 
 

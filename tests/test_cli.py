@@ -253,7 +253,7 @@ def test_train_is_cached_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 0, err
     assert checkpoint.stat().st_mtime_ns == mtime
     assert "epoch 1/1 [standard]" not in out  # no training log line
-    assert "resuming" in out
+    assert "already trained" in out
     assert len((directory / "metrics.jsonl").read_text().splitlines()) == 1
     assert list(runs.iterdir()) == [directory]
 
@@ -264,3 +264,14 @@ def test_train_is_cached_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFix
     assert results["n"] == 50 and set(results["attacks"]) == {"clean", "fgsm", "pgd2", "cw2"}
     assert "standard seed 0" in out
     assert list(runs.iterdir()) == [directory]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["reproduce", "--profile", "huge"], "huge"),
+    (["reproduce", "--only", "07_nothing"], "07_nothing"),
+    (["book", "--profile", "huge"], "huge"),
+])
+def test_reproduce_and_book_bad_input(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = call(argv, capsys)
+    assert code == 2
+    assert_one_error_line(err, needle)

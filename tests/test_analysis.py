@@ -1,0 +1,94 @@
+"""Analyses the notebooks rely on: concentration measures, contributions at two layers, per-sample parts,
+the audit's checks, tables and paired differences."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from aalp.attacks import PGDConfig
+from aalp.audit import audit, pgd_accuracy
+from aalp.config import profile
+from aalp.contributions import channel_contribution, concentration, model_contributions
+from aalp.data import ArrayDataset
+from aalp.experiments import Run, mean_std, paired_difference
+from aalp.methods import ALP
+from aalp.target_fit import per_sample_parts
+
+from .conftest import mnist_model
+
+
+def test_concentration_extremes() -> None:
+    c = torch.tensor([[5.0, 0, 0, 0, 0], [1, 1, 1, 1, 1], [2, 2, -1, 0, 0], [-1, -1, -1, -1, -1]])
+    m = concentration(c, fraction=0.5, k=2)
+    assert m["n_above"].tolist() == [1, 5, 2, 0]
+    assert torch.allclose(m["top_k_share"], torch.tensor([1.0, 0.4, 1.0, 0.0]))
+    assert torch.allclose(m["gini"], torch.tensor([0.8, 0.0, 0.6, 0.0]))
+    assert torch.allclose(m["effective_number"], torch.tensor([1.0, 5.0, 2.0, 0.0]))
+    with pytest.raises(ValueError):
+        concentration(c, fraction=0.0)
+
+
+def test_contributions_sum_to_the_logit_and_channels_cover_the_conv() -> None:
+    model = mnist_model("madry-cnn").train()
+    x, y = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    c = model_contributions(model, x, y, batch_size=4)
+    with torch.no_grad():
+        logits = model.eval()(x)
+    assert torch.allclose(c.sum(1), logits.gather(1, y[:, None]).squeeze(1) - model.head.bias[y], atol=1e-4)
+    model.train()
+    channels = channel_contribution(model, x, y, batch_size=4)
+    assert channels.shape == (6, 64) and model.training
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_per_sample_parts_restores_mode_and_covers_every_sample() -> None:
+    model = mnist_model().train()
+    data = ArrayDataset(torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8), torch.arange(10))
+    parts = per_sample_parts(model, ALP(), data, PGDConfig(0.3, step_size=0.1, steps=1), epoch=0, batch_size=4)
+    assert model.training
+    assert {"ce_adv", "pair", "conflict", "conflict_cos"} <= parts.keys()
+    assert all(v.shape == (10,) for v in parts.values())
+
+
+def test_audit_on_an_untrained_model() -> None:
+    model = mnist_model()
+    torch.manual_seed(0)
+    x, y = torch.rand(20, 1, 28, 28), torch.randint(0, 10, (20,))
+    result = audit(model, x, y, 0.1, surrogate=mnist_model(seed=1), steps=(2, 10), eps_scale=(1, 10),
+                   restarts=2, square_queries=20)
+    assert [p["steps"] for p in result["steps_curve"]] == [2, 10]
+    assert [p["eps"] for p in result["eps_curve"]] == [0.0, 0.1, 1.0]
+    largest = result["eps_curve"][-1]["accuracy"]
+    assert result["checks"]["large_eps_breaks_model"]["passed"] == (largest <= 0.05)
+    assert set(result["checks"]) == {"more_steps_not_weaker", "large_eps_breaks_model", "restarts_change_little",
+                                     "black_box_not_stronger", "transfer_not_stronger"}
+    assert result["passed"] == all(c["passed"] for c in result["checks"].values())
+    assert pgd_accuracy(model, x, y, 0.0, 5) == result["eps_curve"][0]["accuracy"]
+
+
+def _run(bits: str, seed: int = 0) -> Run:
+    results = {"attacks": {"clean": {"accuracy": 1.0, "robust": "1" * len(bits)}},
+               "worst_case": {"accuracy": bits.count("1") / len(bits), "robust": bits}, "seconds": 1.0}
+    return Run("m", profile("smoke"), Path("."), results, seed)
+
+
+def test_paired_difference() -> None:
+    a, b = _run("1111000000"), _run("1100000000")
+    d = paired_difference([a], [b])
+    assert d["difference"] == pytest.approx(0.2) and d["n"] == 10
+    assert d["low"] < 0.2 < d["high"]
+    same = paired_difference([a], [a])
+    assert same["difference"] == same["low"] == same["high"] == 0
+    with pytest.raises(ValueError):
+        paired_difference([a], [])
+
+
+def test_mean_std_table() -> None:
+    frame = pd.DataFrame({"method": ["b", "b", "a"], "seed": [0, 1, 0], "x": [0.5, 0.7, 0.25], "y": [1.0, 1.0, 0.0]})
+    table = mean_std(frame, ["y", "x"])
+    assert list(table.index) == ["b", "a"] and list(table.columns) == ["seeds", "y", "x"]
+    assert table.loc["b", "x"] == "60.0 ± 14.1" and table.loc["a", "x"] == "25.0"
