@@ -42,6 +42,11 @@ def _correct(logits: Tensor, y: Tensor) -> Tensor:
     return (logits.argmax(1) == y).float()
 
 
+def _non_negative(name: str, value: float) -> None:
+    if not value >= 0:  # also rejects NaN
+        raise ValueError(f"{name} must be ≥ 0, got {value}")
+
+
 @dataclass(frozen=True)
 class Method:
     """Base class: subclasses set ``name`` and implement ``__call__``."""
@@ -134,8 +139,7 @@ class ALP(Method):
     lam: float = 0.5
 
     def __post_init__(self) -> None:
-        if not self.lam >= 0:
-            raise ValueError(f"lam must be ≥ 0, got {self.lam}")
+        _non_negative("lam", self.lam)
 
     def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGDConfig,
                  epoch: int) -> MethodOutput:
@@ -157,8 +161,7 @@ class TRADES(Method):
     beta: float = 6.0
 
     def __post_init__(self) -> None:
-        if not self.beta >= 0:
-            raise ValueError(f"beta must be ≥ 0, got {self.beta}")
+        _non_negative("beta", self.beta)
 
     def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGDConfig,
                  epoch: int) -> MethodOutput:
@@ -189,8 +192,7 @@ class MART(Method):
     beta: float = 6.0
 
     def __post_init__(self) -> None:
-        if not self.beta >= 0:
-            raise ValueError(f"beta must be ≥ 0, got {self.beta}")
+        _non_negative("beta", self.beta)
 
     def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGDConfig,
                  epoch: int) -> MethodOutput:
@@ -287,10 +289,8 @@ class AALP(Method):
     weight_normalize: bool = False
 
     def __post_init__(self) -> None:
-        if not self.lam >= 0:
-            raise ValueError(f"lam must be ≥ 0, got {self.lam}")
-        if not self.gd_warmup_epochs >= 0:
-            raise ValueError(f"gd_warmup_epochs must be ≥ 0, got {self.gd_warmup_epochs}")
+        _non_negative("lam", self.lam)
+        _non_negative("gd_warmup_epochs", self.gd_warmup_epochs)
         if self.gd_source not in ("clean", "adv"):
             raise ValueError(f"gd_source must be 'clean' or 'adv', got {self.gd_source!r}")
         if self.weighting not in ("p_adv", "exp", "ratio", "correct", "one"):

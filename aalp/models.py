@@ -90,6 +90,8 @@ def _madry_cnn(in_channels: int) -> tuple[nn.Module, int]:
 
 
 class _PreActBlock(nn.Module):
+    """Pre-activation residual block (BN-ReLU-conv twice), shared by PreAct-ResNet and WideResNet."""
+
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
@@ -124,23 +126,6 @@ class _PreActResNet18Body(nn.Module):
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
 
-class _WideBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.shortcut = (nn.Conv2d(in_planes, planes, 1, stride, bias=False)
-                         if stride != 1 or in_planes != planes else None)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
-        return out + shortcut
-
-
 class _WideResNetBody(nn.Module):
     """WideResNet-``depth``-``width`` (depth = 6n + 4), pre-activation blocks as in TRADES."""
 
@@ -155,7 +140,7 @@ class _WideResNetBody(nn.Module):
         in_planes = widths[0]
         for planes, stride in zip(widths[1:], [1, 2, 2]):
             for i in range(n):
-                layers.append(_WideBlock(in_planes, planes, stride if i == 0 else 1))
+                layers.append(_PreActBlock(in_planes, planes, stride if i == 0 else 1))
                 in_planes = planes
         self.layers = nn.Sequential(*layers)
         self.bn = nn.BatchNorm2d(in_planes)

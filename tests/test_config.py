@@ -161,7 +161,7 @@ def test_config_hash_stable_across_processes() -> None:
 @pytest.mark.parametrize("override", [
     "epochs=2", "seed=1", "batch_size=99", "method.lam=0.6", "method.guided_dropout=false",
     "method.weighting=ratio", "attack.steps=6", "attack.eps=0.2", "val_attack.steps=6", "optim.lr=0.002",
-    "optim.milestones=0.5,0.8", "optim.name=sgd", "data.train_size=1000", "data.val_size=100",
+    "optim.milestones=0.5,0.8", "optim.name=sgd", "data.train_size=1500", "data.val_size=150",
     "data.subset=first", "model=madry-cnn",
 ])
 def test_config_hash_changes_with_any_field(override: str) -> None:
