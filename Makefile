@@ -30,8 +30,9 @@ test-book: data  ## build the smoke book with warnings as errors, then check the
 
 pdf: data  ## book.pdf via the single-page build and headless Chromium (apt-get install chromium)
 	$(PY) -m aalp book --builder singlehtml
-	chromium --headless --no-sandbox --disable-gpu --no-pdf-header-footer --print-to-pdf=book.pdf \
-	  book/_build/singlehtml/index.html
+	chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
+	  --disable-sync --no-first-run --user-data-dir=$$(mktemp -d) --no-pdf-header-footer \
+	  --virtual-time-budget=10000 --print-to-pdf=$(CURDIR)/book.pdf file://$(CURDIR)/book/_build/singlehtml/index.html
 
 data: $(STAMP)  ## MNIST + Fashion-MNIST into data/, verified by SHA-256 (offline sources if needed)
 	$(PY) -m aalp data fetch mnist fashion-mnist
