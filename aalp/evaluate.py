@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .attacks import eval_mode, fgsm, pgd
-from .checkpoint import write_json
+from .checkpoint import CheckpointError, file_lock, write_json
 from .config import EvalConfig, config_hash, to_dict
 from .data import load_dataset, subset
 from .train import is_trained, load_run, read_history
@@ -144,8 +144,35 @@ def evaluate_run(directory: str | Path, cfg: EvalConfig, *, data_root: str | Pat
     """
     directory = Path(directory)
     path = eval_path(directory, cfg)
-    if path.exists():
-        return json.loads(path.read_text())
+    with file_lock(directory / f".{path.stem}.lock"):  # concurrent evaluations of one config run it once
+        cached = _read_cached(path, cfg)
+        if cached is not None:
+            return cached
+        return _evaluate_locked(directory, path, cfg, data_root, device, log)
+
+
+def _read_cached(path: Path, cfg: EvalConfig) -> dict[str, Any] | None:
+    """A cached evaluation of exactly ``cfg``; ``None`` if there is none.
+
+    Raises:
+        CheckpointError: the file is unreadable (truncated or corrupt); the message says to delete it.
+    """
+    if not path.exists():
+        return None
+    try:
+        cached = json.loads(path.read_text())
+        stored = cached["eval_config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"cached evaluation {path} is unreadable ({type(err).__name__}); delete it "
+                              "to evaluate again") from None
+    if stored != to_dict(cfg):
+        raise CheckpointError(f"cached evaluation {path} was made with a different configuration; delete it "
+                              "to evaluate again")
+    return cached
+
+
+def _evaluate_locked(directory: Path, path: Path, cfg: EvalConfig, data_root: str | Path, device: str | None,
+                     log: Callable[[str], None]) -> dict[str, Any]:
     model, train_cfg = load_run(directory, device)
     if not is_trained(train_cfg, directory.parent):
         raise RuntimeError(f"run {directory} has finished {len(read_history(directory))} of "

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .attacks import PGDConfig, pgd
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json
+from .checkpoint import atomic_write, file_lock, load_checkpoint, save_checkpoint, write_json
 from .config import OptimConfig, TrainConfig, config_hash, to_dict, train_config_from_dict
 from .data import DATASETS, ArrayDataset, load_dataset, subset
 from .methods import Method, MethodOutput
@@ -174,6 +174,14 @@ def train(cfg: TrainConfig, *, runs_root: str | Path = "runs", data_root: str | 
     train_data, val_data = load_data(cfg, data_root)  # fails before the run directory exists
     train_data, val_data = train_data.to(dev), val_data.to(dev)
     directory = run_dir(cfg, runs_root)
+    with file_lock(directory / ".lock"):  # a second process on the same config waits, then reuses the run
+        _train_locked(cfg, directory, train_data, val_data, dev, progress, callback, stop_after, log)
+    return directory
+
+
+def _train_locked(cfg: TrainConfig, directory: Path, train_data: ArrayDataset, val_data: ArrayDataset,
+                  dev: torch.device, progress: bool, callback: BatchCallback | None, stop_after: int | None,
+                  log: Callable[[str], None]) -> None:
     config_path = directory / "config.json"
     if config_path.exists():
         stored = json.loads(config_path.read_text())["train"]
@@ -214,7 +222,6 @@ def train(cfg: TrainConfig, *, runs_root: str | Path = "runs", data_root: str | 
         log(f"epoch {epoch + 1}/{cfg.epochs} [{cfg.method.name}] loss {record['loss']:.4f}  "
             f"val clean {record['val_clean_acc']:.3f}  val PGD-{cfg.val_attack.steps} "
             f"{record['val_pgd_acc']:.3f}  {record['seconds']:.1f}s")
-    return directory
 
 
 def load_run(directory: str | Path, device: str | None = None) -> tuple[Classifier, TrainConfig]:

@@ -62,7 +62,8 @@ def test_run_directory_and_metrics(tmp_path: Path, mnist_root: Path) -> None:
     messages: list[str] = []
     directory = train(cfg, runs_root=tmp_path, data_root=mnist_root, progress=False, log=messages.append)
     assert directory == run_dir(cfg, tmp_path)
-    assert {p.name for p in directory.iterdir()} == {"config.json", "checkpoint.safetensors", "metrics.jsonl"}
+    assert {p.name for p in directory.iterdir() if not p.name.startswith(".")} == {
+        "config.json", "checkpoint.safetensors", "metrics.jsonl"}
     history = read_history(directory)
     assert [r["epoch"] for r in history] == [1, 2]
     for key in ("loss", "ce_clean", "ce_adv", "pair", "weight", "val_clean_acc", "val_pgd_acc", "seconds", "lr"):

@@ -1,0 +1,93 @@
+"""Faults: concurrent runs of one configuration, corrupt or foreign cached results, hostile checkpoints,
+and no unsafe deserialisation anywhere in the package."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aalp.checkpoint import CheckpointError, load_checkpoint
+from aalp.config import profile
+from aalp.evaluate import eval_path, evaluate_run
+from aalp.train import read_history, run_dir, train
+
+from .conftest import mnist_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.train_size=120", "data.val_size=40", "batch_size=40", "attack.steps=1", "val_attack.steps=1",
+        "epochs=2"]
+EVAL = ["eval.n=40", "eval.autoattack_n=0", "eval.pgd_steps=2", "eval.cw_steps=2"]
+
+
+def test_two_processes_train_one_config_once(tmp_path: Path, mnist_root: Path) -> None:
+    argv = [sys.executable, "-m", "aalp", "run", "--methods", "alp", "--quiet", "--runs-dir", str(tmp_path),
+            "--data-dir", str(mnist_root), "--set", *TINY, *EVAL]
+    procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outputs]
+    trained = sum(out.count("epoch 2/2 [alp]") for out, _ in outputs)
+    assert trained == 1, "the configuration was trained twice"
+    cfg = profile("smoke", "mnist", "alp", TINY + EVAL)
+    directory = run_dir(cfg.train, tmp_path)
+    assert [r["epoch"] for r in read_history(directory)] == [1, 2]
+    rows = [line for out, _ in outputs for line in out.splitlines() if "alp seed 0" in line]
+    assert len(rows) == 2 and rows[0] == rows[1], "the two processes report different results"
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> tuple[Path, object]:
+    cfg = profile("smoke", "mnist", "standard", TINY + EVAL)
+    directory = train(cfg.train, runs_root=tmp_path_factory.mktemp("runs"), data_root=mnist_root,
+                      progress=False, log=lambda s: None)
+    evaluate_run(directory, cfg.eval, data_root=mnist_root, log=lambda s: None)
+    return directory, cfg
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "other-config"])
+def test_damaged_cached_evaluation_is_refused(damage: str, evaluated: tuple[Path, object],
+                                             mnist_root: Path) -> None:
+    directory, cfg = evaluated
+    path = eval_path(directory, cfg.eval)
+    original = path.read_text()
+    try:
+        if damage == "truncate":
+            path.write_text(original[: len(original) // 2])
+        elif damage == "garbage":
+            path.write_text("[1, 2, 3]")
+        else:
+            data = json.loads(original)
+            data["eval_config"]["eps"] = 0.1
+            path.write_text(json.dumps(data))
+        with pytest.raises(CheckpointError, match=re.escape(str(path)) + ".*delete it"):
+            evaluate_run(directory, cfg.eval, data_root=mnist_root, log=lambda s: None)
+    finally:
+        path.write_text(original)
+
+
+class _Exploit:
+    def __reduce__(self):  # noqa: ANN204 - executed by pickle.load only
+        return (Path.touch, (Path("/tmp/aalp-pwned"),))
+
+
+def test_pickle_disguised_as_checkpoint_is_refused(tmp_path: Path) -> None:
+    marker = Path("/tmp/aalp-pwned")
+    marker.unlink(missing_ok=True)
+    path = tmp_path / "checkpoint.safetensors"
+    path.write_bytes(pickle.dumps(_Exploit()))
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(path, mnist_model())
+    assert not marker.exists(), "loading the file executed code"
+
+
+def test_no_unsafe_deserialisation_in_the_package() -> None:
+    source = "\n".join(p.read_text() for p in (ROOT / "aalp").rglob("*.py"))
+    assert not re.search(r"^\s*(import pickle|from pickle|import dill)", source, re.M)
+    for call in re.findall(r"torch\.load\([^)]*\)", source):
+        assert "weights_only=True" in call, call
