@@ -182,6 +182,8 @@ def train(cfg: TrainConfig, *, runs_root: str | Path = "runs", data_root: str | 
 def _train_locked(cfg: TrainConfig, directory: Path, train_data: ArrayDataset, val_data: ArrayDataset,
                   dev: torch.device, progress: bool, callback: BatchCallback | None, stop_after: int | None,
                   log: Callable[[str], None]) -> None:
+    for leftover in directory.glob(".*.tmp"):  # half-written files of a killed process (we hold the lock)
+        leftover.unlink()
     config_path = directory / "config.json"
     if config_path.exists():
         stored = json.loads(config_path.read_text())["train"]

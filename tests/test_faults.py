@@ -91,3 +91,47 @@ def test_no_unsafe_deserialisation_in_the_package() -> None:
     assert not re.search(r"^\s*(import pickle|from pickle|import dill)", source, re.M)
     for call in re.findall(r"torch\.load\([^)]*\)", source):
         assert "weights_only=True" in call, call
+
+
+def _strip(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds", "machine")} for r in history]
+
+
+def test_sigkill_at_random_points_then_resume(tmp_path: Path, mnist_root: Path) -> None:
+    """Kill `train` five times at random moments (start-up, mid-epoch, checkpoint writes, validation);
+    the rerun ends with the weights and metrics of an uninterrupted run."""
+    import random
+    import time
+
+    import torch
+
+    from aalp.train import load_run
+
+    overrides = ["data.train_size=400", "data.val_size=40", "batch_size=40", "attack.steps=2",
+                 "val_attack.steps=2", "epochs=4", "optim.name=sgd"]
+    argv = [sys.executable, "-m", "aalp", "train", "--method", "aalp", "--quiet", "--runs-dir",
+            str(tmp_path / "killed"), "--data-dir", str(mnist_root), "--set", *overrides]
+    cfg = profile("smoke", "mnist", "aalp", overrides).train
+    directory = run_dir(cfg, tmp_path / "killed")
+    rng = random.Random(0)
+    epochs_seen = []
+    for _ in range(5):
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(3.0, 9.0))
+        proc.kill()
+        proc.wait()
+        history = read_history(directory)
+        epochs_seen.append(len(history))
+        if (directory / "checkpoint.safetensors").exists():  # whatever was written is complete
+            model, _ = load_run(directory, "cpu")
+            assert len(history) >= 1
+    assert subprocess.run(argv, cwd=ROOT, capture_output=True).returncode == 0
+    reference = train(cfg, runs_root=tmp_path / "reference", data_root=mnist_root, progress=False,
+                      log=lambda s: None)
+    killed_model, _ = load_run(directory, "cpu")
+    reference_model, _ = load_run(reference, "cpu")
+    for (name, a), b in zip(killed_model.state_dict().items(), reference_model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert _strip(read_history(directory)) == _strip(read_history(reference))
+    assert not list(directory.glob(".*.tmp")), "half-written files were left behind"
+    assert epochs_seen != [0] * 5, f"no kill landed after an epoch: {epochs_seen}"
