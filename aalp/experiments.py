@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +21,8 @@ import torch
 
 from .checkpoint import write_json
 from .config import PROFILES, ConfigError, RunConfig, profile as profile_config
+from .data import DATASETS
+from .methods import METHODS
 from .data import ArrayDataset, load_dataset, subset
 from .evaluate import evaluate_run
 from .models import Classifier
@@ -196,3 +198,46 @@ def paired_difference(runs_a: Sequence[Run], runs_b: Sequence[Run], attack: str 
     mean = d.mean().item()
     half = z * (d.std(unbiased=True).item() / math.sqrt(len(d)) if len(d) > 1 else float("nan"))
     return {"difference": mean, "low": mean - half, "high": mean + half, "n": len(d)}
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(check(x) for x in v)
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+_NUMBER = (int, float)
+_PARAMETERS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "dataset": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
+    "datasets": (_optional(_list_of(lambda v: v in DATASETS)), f"None or a list from {', '.join(DATASETS)}"),
+    "seed": (lambda v: _is_int(v, 0), "an integer ≥ 0"),
+    "seeds": (_optional(_list_of(lambda v: _is_int(v, 0))), "None or a list of integers ≥ 0"),
+    "methods": (_list_of(lambda v: v in METHODS), f"a list from {', '.join(METHODS)}"),
+    "fraction": (lambda v: isinstance(v, _NUMBER) and 0 < v <= 1, "a number in (0, 1]"),
+    "k": (lambda v: _is_int(v, 1), "an integer ≥ 1"),
+    "n_images": (_optional(lambda v: _is_int(v, 1)), "None or an integer ≥ 1"),
+    "n_train": (_optional(lambda v: _is_int(v, 1)), "None or an integer ≥ 1"),
+    "lams": (_list_of(lambda v: isinstance(v, _NUMBER) and v >= 0), "a list of numbers ≥ 0"),
+    "steps": (_optional(_list_of(lambda v: _is_int(v, 1))), "None or a list of integers ≥ 1"),
+    "square_queries": (_optional(lambda v: _is_int(v, 1)), "None or an integer ≥ 1"),
+}
+
+
+def check_parameters(**params: Any) -> None:
+    """Validate a notebook's parameters before any compute (papermill injects whatever it is given).
+
+    Raises:
+        ConfigError: an unknown parameter, or a value of the wrong type or out of range.
+    """
+    for name, value in params.items():
+        if name not in _PARAMETERS:
+            raise ConfigError(f"unknown notebook parameter {name!r}")
+        check, expected = _PARAMETERS[name]
+        if not check(value):
+            raise ConfigError(f"notebook parameter {name} = {value!r}: expected {expected}")

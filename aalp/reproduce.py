@@ -24,6 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import file_lock
 from .config import PROFILES, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,8 +76,6 @@ def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None,
     Raises:
         NotebookFailed: a notebook raised; its executed copy (with the traceback) is kept.
     """
-    import papermill
-
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     names = list(NOTEBOOKS) if not only else only
@@ -88,26 +87,33 @@ def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None,
     params = parameters(profile)
     executed = []
     for name in names:
-        source, target = root / "notebooks" / f"{name}.ipynb", out_dir / f"{name}.ipynb"
-        stamp = target.with_suffix(".stamp")
-        key = input_hash(source, params, root)
-        if not force and target.exists() and stamp.exists() and stamp.read_text().strip() == key:
-            log(f"{name}: unchanged, not executed again")
-            executed.append(target)
-            continue
-        stamp.unlink(missing_ok=True)
-        started = time.perf_counter()
-        log(f"{name}: executing ({profile} profile) …")
-        try:
-            papermill.execute_notebook(str(source), str(target), parameters=params, kernel_name="python3",
-                                       cwd=str(root / "notebooks"), progress_bar=False)
-        except papermill.PapermillExecutionError as err:
-            raise NotebookFailed(f"notebook {name} failed ({err.ename}: {err.evalue}); the executed copy "
-                                 f"with the traceback is {target}") from None
-        stamp.write_text(key + "\n")
-        log(f"{name}: done in {time.perf_counter() - started:.0f} s")
-        executed.append(target)
+        with file_lock(out_dir / f".{name}.lock"):  # two reproduce processes execute a notebook once
+            executed.append(_execute(name, root, out_dir, params, force, log))
     return executed
+
+
+def _execute(name: str, root: Path, out_dir: Path, params: dict[str, Any], force: bool,
+             log: Callable[[str], None]) -> Path:
+    import papermill
+
+    source, target = root / "notebooks" / f"{name}.ipynb", out_dir / f"{name}.ipynb"
+    stamp = target.with_suffix(".stamp")
+    key = input_hash(source, params, root)
+    if not force and target.exists() and stamp.exists() and stamp.read_text().strip() == key:
+        log(f"{name}: unchanged, not executed again")
+        return target
+    stamp.unlink(missing_ok=True)
+    started = time.perf_counter()
+    log(f"{name}: executing ({params['profile']} profile) …")
+    try:
+        papermill.execute_notebook(str(source), str(target), parameters=params, kernel_name="python3",
+                                   cwd=str(root / "notebooks"), progress_bar=False)
+    except papermill.PapermillExecutionError as err:
+        raise NotebookFailed(f"notebook {name} failed ({err.ename}: {err.evalue}); the executed copy "
+                             f"with the traceback is {target}") from None
+    stamp.write_text(key + "\n")
+    log(f"{name}: done in {time.perf_counter() - started:.0f} s")
+    return target
 
 
 def build_book(profile: str, *, root: Path = ROOT, builder: str = "html",

@@ -1,0 +1,65 @@
+"""Bad notebook parameters (what papermill injects) fail before any compute, with one clear message, and
+write no run directory and no results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from aalp.config import ConfigError
+from aalp.experiments import Study, check_parameters
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+BAD = [
+    ({"dataset": "imagenet"}, "dataset"), ({"dataset": 3}, "dataset"),
+    ({"datasets": []}, "datasets"), ({"datasets": ["mnist", "nope"]}, "datasets"),
+    ({"datasets": "mnist"}, "datasets"),
+    ({"seed": -1}, "seed"), ({"seed": "0"}, "seed"), ({"seed": 1.5}, "seed"), ({"seed": True}, "seed"),
+    ({"seeds": [0, -2]}, "seeds"), ({"seeds": 3}, "seeds"), ({"seeds": []}, "seeds"),
+    ({"methods": ["alp", "fgsm-at"]}, "methods"), ({"methods": "alp"}, "methods"),
+    ({"fraction": 0}, "fraction"), ({"fraction": 1.5}, "fraction"), ({"fraction": "half"}, "fraction"),
+    ({"k": 0}, "k"), ({"k": 2.0}, "k"),
+    ({"n_images": 0}, "n_images"), ({"n_train": -5}, "n_train"),
+    ({"lams": [0.5, -1]}, "lams"), ({"lams": []}, "lams"),
+    ({"steps": [0, 10]}, "steps"), ({"square_queries": 0}, "square_queries"),
+    ({"sead": 1}, "sead"),
+]
+
+
+@pytest.mark.parametrize("params, needle", BAD)
+def test_bad_parameter_table(params: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle) as info:
+        check_parameters(**params)
+    assert "\n" not in str(info.value)
+
+
+def test_good_parameters_pass() -> None:
+    check_parameters(dataset="mnist", datasets=None, seed=0, seeds=[0, 1, 2], methods=["alp", "aalp"],
+                     fraction=0.5, k=10, n_images=None, n_train=100, lams=[0.25, 1], steps=None,
+                     square_queries=5000)
+
+
+@pytest.mark.parametrize("profile", ["huge", "", None])
+def test_unknown_profile(profile: object, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="profile"):
+        Study(profile, tmp_path)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("notebook, params, needle", [
+    ("03_main_results", {"profile": "huge"}, "unknown profile"),
+    ("03_main_results", {"seeds": "0,1"}, "seeds"),
+    ("01_feature_contribution", {"fraction": 2.0}, "fraction"),
+])
+def test_through_papermill(notebook: str, params: dict, needle: str, tmp_path: Path) -> None:
+    out = tmp_path / f"{notebook}.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError) as info:
+        papermill.execute_notebook(str(NOTEBOOKS / f"{notebook}.ipynb"), str(out),
+                                   parameters={"root": str(tmp_path), **params}, kernel_name="python3",
+                                   cwd=str(NOTEBOOKS), progress_bar=False)
+    assert info.value.ename == "ConfigError" and needle in info.value.evalue
+    assert nbformat.read(out, 4).metadata["papermill"]["exception"], "the failed notebook looks like a success"
+    assert not (tmp_path / "results").exists(), "a failed notebook wrote results or a run directory"
