@@ -25,6 +25,7 @@ TINY = ["data.train_size=120", "data.val_size=40", "batch_size=40", "attack.step
 EVAL = ["eval.n=40", "eval.autoattack_n=0", "eval.pgd_steps=2", "eval.cw_steps=2"]
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_config_once(tmp_path: Path, mnist_root: Path) -> None:
     argv = [sys.executable, "-m", "aalp", "run", "--methods", "alp", "--quiet", "--runs-dir", str(tmp_path),
             "--data-dir", str(mnist_root), "--set", *TINY, *EVAL]
@@ -97,6 +98,7 @@ def _strip(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds", "machine")} for r in history]
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume(tmp_path: Path, mnist_root: Path) -> None:
     """Kill `train` five times at random moments (start-up, mid-epoch, checkpoint writes, validation);
     the rerun ends with the weights and metrics of an uninterrupted run."""
