@@ -68,7 +68,7 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                     metadata: dict[str, Any]) -> None:
     """Write model (and optimiser) state plus JSON-serialisable ``metadata`` atomically to ``path``."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    header = {"meta": json.dumps(metadata, sort_keys=True)}
+    header = {"meta": json.dumps(metadata)}
     if optimizer is not None:
         state = optimizer.state_dict()
         scalars: dict[str, dict[str, Any]] = {}

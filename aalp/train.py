@@ -199,6 +199,7 @@ def _train_locked(cfg: TrainConfig, directory: Path, train_data: ArrayDataset, v
     history: list[dict[str, Any]] = []
     if checkpoint.exists():
         history = load_checkpoint(checkpoint, model, optimizer, dev)["history"]
+        _write_metrics(directory, history)  # a kill between checkpoint and metrics left them behind
         log(f"resuming {directory} after epoch {len(history)}/{cfg.epochs}" if len(history) < cfg.epochs
             else f"{directory}: already trained ({cfg.epochs} epochs)")
     last = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
@@ -219,11 +220,16 @@ def _train_locked(cfg: TrainConfig, directory: Path, train_data: ArrayDataset, v
         record["machine"] = {**machine(), "device": str(dev)}
         history.append(record)
         save_checkpoint(checkpoint, model, optimizer, {"history": history, "config": to_dict(cfg)})
-        atomic_write(directory / "metrics.jsonl",
-                     lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in history)))
+        _write_metrics(directory, history)
         log(f"epoch {epoch + 1}/{cfg.epochs} [{cfg.method.name}] loss {record['loss']:.4f}  "
             f"val clean {record['val_clean_acc']:.3f}  val PGD-{cfg.val_attack.steps} "
             f"{record['val_pgd_acc']:.3f}  {record['seconds']:.1f}s")
+
+
+def _write_metrics(directory: Path, history: list[dict[str, Any]]) -> None:
+    """``metrics.jsonl``: one JSON line per finished epoch, rewritten atomically from the checkpoint's history."""
+    atomic_write(directory / "metrics.jsonl",
+                 lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in history)))
 
 
 def load_run(directory: str | Path, device: str | None = None) -> tuple[Classifier, TrainConfig]:

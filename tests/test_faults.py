@@ -137,3 +137,17 @@ def test_sigkill_at_random_points_then_resume(tmp_path: Path, mnist_root: Path) 
     assert _strip(read_history(directory)) == _strip(read_history(reference))
     assert not list(directory.glob(".*.tmp")), "half-written files were left behind"
     assert epochs_seen != [0] * 5, f"no kill landed after an epoch: {epochs_seen}"
+
+
+def test_kill_between_checkpoint_and_metrics(tmp_path: Path, mnist_root: Path) -> None:
+    """The last epoch's checkpoint was written but its metrics line was not: the run still completes."""
+    from aalp.train import is_trained
+
+    cfg = profile("smoke", "mnist", "standard", TINY).train
+    directory = train(cfg, runs_root=tmp_path, data_root=mnist_root, progress=False, log=lambda s: None)
+    lines = (directory / "metrics.jsonl").read_text().splitlines()
+    (directory / "metrics.jsonl").write_text(lines[0] + "\n")
+    assert not is_trained(cfg, tmp_path)
+    train(cfg, runs_root=tmp_path, data_root=mnist_root, progress=False, log=lambda s: None)
+    assert is_trained(cfg, tmp_path)
+    assert read_history(directory) == [json.loads(line) for line in lines]
