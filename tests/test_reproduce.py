@@ -70,3 +70,19 @@ def test_bad_arguments(root: Path, kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         reproduce(root=root, log=lambda s: None, **kwargs)
     assert not (root / "results").exists()
+
+
+@pytest.mark.slow
+def test_two_reproduce_processes_execute_once(root: Path) -> None:
+    import subprocess
+    import sys
+
+    write_notebook(root / "notebooks" / f"{NAME}.ipynb", 'import time\ntime.sleep(2)\nprint("ran", profile)')
+    code = (f"from pathlib import Path; from aalp.reproduce import reproduce; "
+            f"reproduce('smoke', root=Path({str(root)!r}), only=[{NAME!r}])")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1]) for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert sum("executing" in o for o in outs) == 1 and sum("unchanged" in o for o in outs) == 1, outs
+    assert "ran smoke" in outputs(root / "results" / "smoke" / "notebooks" / f"{NAME}.ipynb")
