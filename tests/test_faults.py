@@ -151,3 +151,33 @@ def test_kill_between_checkpoint_and_metrics(tmp_path: Path, mnist_root: Path) -
     train(cfg, runs_root=tmp_path, data_root=mnist_root, progress=False, log=lambda s: None)
     assert is_trained(cfg, tmp_path)
     assert read_history(directory) == [json.loads(line) for line in lines]
+
+
+@pytest.mark.slow
+def test_sigkill_during_evaluation_then_rerun(tmp_path: Path, mnist_root: Path) -> None:
+    """Kill `evaluate` mid-way twice: no partial results file is ever left, and the rerun's results equal an
+    uninterrupted evaluation."""
+    import time
+
+    overrides = TINY + ["eval.n=200", "eval.pgd_steps=40", "eval.cw_steps=40", "eval.autoattack_n=0"]
+    cfg = profile("smoke", "mnist", "standard", overrides)
+    for runs in ("killed", "reference"):
+        train(cfg.train, runs_root=tmp_path / runs, data_root=mnist_root, progress=False, log=lambda s: None)
+    argv = [sys.executable, "-m", "aalp", "evaluate", "--method", "standard", "--quiet", "--runs-dir",
+            str(tmp_path / "killed"), "--data-dir", str(mnist_root), "--set", *overrides]
+    path = eval_path(run_dir(cfg.train, tmp_path / "killed"), cfg.eval)
+    for delay in (4.0, 6.0):
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        assert not path.exists() or json.loads(path.read_text())["eval_config"], "a partial results file"
+    assert subprocess.run(argv, cwd=ROOT, capture_output=True).returncode == 0
+    reference = evaluate_run(run_dir(cfg.train, tmp_path / "reference"), cfg.eval, data_root=mnist_root,
+                             log=lambda s: None)
+    killed = json.loads(path.read_text())
+    drop = ("seconds", "run")
+    assert {k: v for k, v in killed.items() if k not in drop and k != "attacks"} == \
+        {k: v for k, v in reference.items() if k not in drop and k != "attacks"}
+    for name, attack in reference["attacks"].items():
+        assert killed["attacks"][name]["robust"] == attack["robust"], name
