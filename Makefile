@@ -6,7 +6,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: run test test-unit test-notebooks test-book book reproduce pdf data clean-runs
+.PHONY: run test test-unit test-notebooks test-book test-faults book reproduce pdf data clean-runs
 
 run: book  ## main job: the HTML book from the committed executed notebooks -> book/_build/html/index.html
 
@@ -20,6 +20,9 @@ test: test-unit test-notebooks test-book  ## everything CI runs
 
 test-unit: data  ## unit tests (a few minutes on 2 cores)
 	$(PY) -m pytest -q tests
+
+test-faults: data  ## the fault suite alone; writes results/fault_suite.json and book/fault_suite.md
+	$(PY) -m pytest -q -m faults tests
 
 test-notebooks: data  ## every notebook executed by nbval at the smoke profile
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks/

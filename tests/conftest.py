@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
+import subprocess
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -9,7 +13,8 @@ import torch
 
 from aalp.models import Classifier, build_model
 
-DATA_ROOT = Path(__file__).resolve().parents[1] / "data"
+ROOT = Path(__file__).resolve().parents[1]
+DATA_ROOT = ROOT / "data"
 
 
 def mnist_model(name: str = "smallcnn", seed: int = 0) -> Classifier:
@@ -33,3 +38,44 @@ def mnist_root() -> Path:
     if not (DATA_ROOT / "mnist" / "train-images-idx3-ubyte").exists():
         pytest.skip("real MNIST missing; run: python -m aalp data fetch mnist")
     return DATA_ROOT
+
+
+# ----------------------------------------------------------------------------------------------------
+# The fault suite's record: `make test-faults` (pytest -m faults) writes what it tried to
+# results/fault_suite.json and book/fault_suite.md, which the book's reproduction page includes.
+# ----------------------------------------------------------------------------------------------------
+
+_FAULTS: Counter[str] = Counter()
+_OUTCOMES: Counter[str] = Counter()
+
+
+@pytest.fixture
+def record_fault() -> Callable[..., None]:
+    """``record_fault(kind, count=1)``: note faults a test injected (for the fault-suite record)."""
+    def record(kind: str, count: int = 1) -> None:
+        _FAULTS[kind] += count
+    return record
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "faults" in report.keywords and (report.when == "call" or report.outcome != "passed"):
+        _OUTCOMES[report.outcome] += 1
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    option = session.config.option
+    if option.markexpr != "faults" or option.keyword or not _OUTCOMES:
+        return  # only a whole fault-suite run writes the record
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    record = {"date": datetime.date.today().isoformat(), "commit": commit, "cases": sum(_OUTCOMES.values()),
+              "outcomes": dict(_OUTCOMES), "faults_injected": dict(sorted(_FAULTS.items()))}
+    from aalp.checkpoint import write_json
+    write_json(ROOT / "results" / "fault_suite.json", record)
+    rows = [f"| fault-suite cases run | {record['cases']} |",
+            *[f"| {kind} | {count} |" for kind, count in record["faults_injected"].items()],
+            f"| cases failed (a result lost, corrupted or silently wrong) | {_OUTCOMES.get('failed', 0)} |"]
+    (ROOT / "book" / "fault_suite.md").write_text(
+        "| what | count |\n|---|---|\n" + "\n".join(rows) + "\n\n"
+        f"Written by `make test-faults` on {record['date']} at commit `{commit}` "
+        "(`results/fault_suite.json`).\n")

@@ -15,6 +15,8 @@ from aalp.config import config_hash, profile
 from aalp.data import DataError
 from aalp.methods import METHODS
 
+pytestmark = pytest.mark.faults
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -106,7 +108,8 @@ def _argv(template: list[str], tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize("template, needle", BAD_INPUTS, ids=[" ".join(t) or "<none>" for t, _ in BAD_INPUTS])
 def test_bad_input_is_one_error_line_and_no_run_dir(template: list[str], needle: str, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                   monkeypatch: pytest.MonkeyPatch, record_fault) -> None:
+    record_fault("bad command-line input")
     monkeypatch.chdir(tmp_path)  # the default runs/ and data/ would land here too
     code, out, err = call(_argv(template, tmp_path), capsys)
     assert code == 2, (code, out, err)

@@ -19,6 +19,8 @@ from aalp.train import read_history, run_dir, train
 
 from .conftest import mnist_model
 
+pytestmark = pytest.mark.faults
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.train_size=120", "data.val_size=40", "batch_size=40", "attack.steps=1", "val_attack.steps=1",
         "epochs=2"]
@@ -26,7 +28,8 @@ EVAL = ["eval.n=40", "eval.autoattack_n=0", "eval.pgd_steps=2", "eval.cw_steps=2
 
 
 @pytest.mark.slow
-def test_two_processes_train_one_config_once(tmp_path: Path, mnist_root: Path) -> None:
+def test_two_processes_train_one_config_once(tmp_path: Path, mnist_root: Path, record_fault) -> None:
+    record_fault("concurrent processes on one configuration", 2)
     argv = [sys.executable, "-m", "aalp", "run", "--methods", "alp", "--quiet", "--runs-dir", str(tmp_path),
             "--data-dir", str(mnist_root), "--set", *TINY, *EVAL]
     procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -53,7 +56,8 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> tup
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "other-config"])
 def test_damaged_cached_evaluation_is_refused(damage: str, evaluated: tuple[Path, object],
-                                             mnist_root: Path) -> None:
+                                             mnist_root: Path, record_fault) -> None:
+    record_fault("damaged cached result (truncated, garbage, foreign configuration)")
     directory, cfg = evaluated
     path = eval_path(directory, cfg.eval)
     original = path.read_text()
@@ -77,7 +81,8 @@ class _Exploit:
         return (Path.touch, (Path("/tmp/aalp-pwned"),))
 
 
-def test_pickle_disguised_as_checkpoint_is_refused(tmp_path: Path) -> None:
+def test_pickle_disguised_as_checkpoint_is_refused(tmp_path: Path, record_fault) -> None:
+    record_fault("hostile file: a code-executing pickle named as a checkpoint")
     marker = Path("/tmp/aalp-pwned")
     marker.unlink(missing_ok=True)
     path = tmp_path / "checkpoint.safetensors"
@@ -98,35 +103,47 @@ def _strip(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds", "machine")} for r in history]
 
 
-@pytest.mark.slow
-def test_sigkill_at_random_points_then_resume(tmp_path: Path, mnist_root: Path) -> None:
-    """Kill `train` five times at random moments (start-up, mid-epoch, checkpoint writes, validation);
-    the rerun ends with the weights and metrics of an uninterrupted run."""
-    import random
+def _kill_after_line(argv: list[str], marker: str, extra: float) -> bool:
+    """Start ``argv``, wait until it prints a line containing ``marker``, sleep ``extra`` seconds, SIGKILL it.
+
+    Returns False when the process ended before the marker (nothing left to kill)."""
     import time
+
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if marker in line:
+            time.sleep(extra)
+            proc.kill()
+            proc.wait()
+            return True
+    proc.wait()
+    return False
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume(tmp_path: Path, mnist_root: Path, record_fault) -> None:
+    """Kill `train` five times at random moments after it reports progress (mid-epoch, during validation or a
+    checkpoint write); the rerun ends with the weights and metrics of an uninterrupted run."""
+    import random
 
     import torch
 
     from aalp.train import load_run
 
     overrides = ["data.train_size=400", "data.val_size=40", "batch_size=40", "attack.steps=2",
-                 "val_attack.steps=2", "epochs=4", "optim.name=sgd"]
-    argv = [sys.executable, "-m", "aalp", "train", "--method", "aalp", "--quiet", "--runs-dir",
+                 "val_attack.steps=2", "epochs=8", "optim.name=sgd"]
+    argv = [sys.executable, "-u", "-m", "aalp", "train", "--method", "aalp", "--quiet", "--runs-dir",
             str(tmp_path / "killed"), "--data-dir", str(mnist_root), "--set", *overrides]
     cfg = profile("smoke", "mnist", "aalp", overrides).train
     directory = run_dir(cfg, tmp_path / "killed")
     rng = random.Random(0)
-    epochs_seen = []
-    for _ in range(5):
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(3.0, 9.0))
-        proc.kill()
-        proc.wait()
+    for target in range(1, 6):  # kill k: after epoch k was reported, at a random moment of the next one
+        assert _kill_after_line(argv, f"epoch {target}/8", rng.uniform(0.0, 1.5)), "training ended early"
+        record_fault("SIGKILL during training")
         history = read_history(directory)
-        epochs_seen.append(len(history))
-        if (directory / "checkpoint.safetensors").exists():  # whatever was written is complete
-            model, _ = load_run(directory, "cpu")
-            assert len(history) >= 1
+        assert len(history) >= target
+        load_run(directory, "cpu")  # whatever was written is complete and loads
     assert subprocess.run(argv, cwd=ROOT, capture_output=True).returncode == 0
     reference = train(cfg, runs_root=tmp_path / "reference", data_root=mnist_root, progress=False,
                       log=lambda s: None)
@@ -136,10 +153,9 @@ def test_sigkill_at_random_points_then_resume(tmp_path: Path, mnist_root: Path) 
         assert torch.equal(a, b), name
     assert _strip(read_history(directory)) == _strip(read_history(reference))
     assert not list(directory.glob(".*.tmp")), "half-written files were left behind"
-    assert epochs_seen != [0] * 5, f"no kill landed after an epoch: {epochs_seen}"
 
 
-def test_kill_between_checkpoint_and_metrics(tmp_path: Path, mnist_root: Path) -> None:
+def test_kill_between_checkpoint_and_metrics(tmp_path: Path, mnist_root: Path, record_fault) -> None:
     """The last epoch's checkpoint was written but its metrics line was not: the run still completes."""
     from aalp.train import is_trained
 
@@ -147,6 +163,7 @@ def test_kill_between_checkpoint_and_metrics(tmp_path: Path, mnist_root: Path) -
     directory = train(cfg, runs_root=tmp_path, data_root=mnist_root, progress=False, log=lambda s: None)
     lines = (directory / "metrics.jsonl").read_text().splitlines()
     (directory / "metrics.jsonl").write_text(lines[0] + "\n")
+    record_fault("metrics lost between checkpoint and metrics write")
     assert not is_trained(cfg, tmp_path)
     train(cfg, runs_root=tmp_path, data_root=mnist_root, progress=False, log=lambda s: None)
     assert is_trained(cfg, tmp_path)
@@ -154,24 +171,20 @@ def test_kill_between_checkpoint_and_metrics(tmp_path: Path, mnist_root: Path) -
 
 
 @pytest.mark.slow
-def test_sigkill_during_evaluation_then_rerun(tmp_path: Path, mnist_root: Path) -> None:
+def test_sigkill_during_evaluation_then_rerun(tmp_path: Path, mnist_root: Path, record_fault) -> None:
     """Kill `evaluate` mid-way twice: no partial results file is ever left, and the rerun's results equal an
     uninterrupted evaluation."""
-    import time
-
     overrides = TINY + ["eval.n=200", "eval.pgd_steps=40", "eval.cw_steps=40", "eval.autoattack_n=0"]
     cfg = profile("smoke", "mnist", "standard", overrides)
     for runs in ("killed", "reference"):
         train(cfg.train, runs_root=tmp_path / runs, data_root=mnist_root, progress=False, log=lambda s: None)
-    argv = [sys.executable, "-m", "aalp", "evaluate", "--method", "standard", "--quiet", "--runs-dir",
+    argv = [sys.executable, "-u", "-m", "aalp", "evaluate", "--method", "standard", "--quiet", "--runs-dir",
             str(tmp_path / "killed"), "--data-dir", str(mnist_root), "--set", *overrides]
     path = eval_path(run_dir(cfg.train, tmp_path / "killed"), cfg.eval)
-    for delay in (4.0, 6.0):
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
-        proc.kill()
-        proc.wait()
-        assert not path.exists() or json.loads(path.read_text())["eval_config"], "a partial results file"
+    for delay in (0.5, 1.5):  # after "evaluating …" is printed: in the middle of the attacks
+        assert _kill_after_line(argv, "evaluating", delay), "the evaluation ended before the kill"
+        record_fault("SIGKILL during evaluation")
+        assert not path.exists(), "a killed evaluation left a results file"
     assert subprocess.run(argv, cwd=ROOT, capture_output=True).returncode == 0
     reference = evaluate_run(run_dir(cfg.train, tmp_path / "reference"), cfg.eval, data_root=mnist_root,
                              log=lambda s: None)

@@ -12,6 +12,8 @@ import pytest
 from aalp.config import ConfigError
 from aalp.experiments import Study, check_parameters
 
+pytestmark = pytest.mark.faults
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 BAD = [
@@ -31,7 +33,8 @@ BAD = [
 
 
 @pytest.mark.parametrize("params, needle", BAD)
-def test_bad_parameter_table(params: dict, needle: str) -> None:
+def test_bad_parameter_table(params: dict, needle: str, record_fault) -> None:
+    record_fault("bad notebook parameter")
     with pytest.raises(ConfigError, match=needle) as info:
         check_parameters(**params)
     assert "\n" not in str(info.value)
@@ -54,7 +57,8 @@ def test_unknown_profile(profile: object, tmp_path: Path) -> None:
     ("03_main_results", {"seeds": "0,1"}, "seeds"),
     ("01_feature_contribution", {"fraction": 2.0}, "fraction"),
 ])
-def test_through_papermill(notebook: str, params: dict, needle: str, tmp_path: Path) -> None:
+def test_through_papermill(notebook: str, params: dict, needle: str, tmp_path: Path, record_fault) -> None:
+    record_fault("bad parameter injected through papermill")
     out = tmp_path / f"{notebook}.ipynb"
     with pytest.raises(papermill.PapermillExecutionError) as info:
         papermill.execute_notebook(str(NOTEBOOKS / f"{notebook}.ipynb"), str(out),

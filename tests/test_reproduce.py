@@ -55,7 +55,9 @@ def test_executes_skips_and_reexecutes(root: Path) -> None:
     assert out.stat().st_mtime_ns != before
 
 
-def test_failure_is_kept_and_named(root: Path) -> None:
+@pytest.mark.faults
+def test_failure_is_kept_and_named(root: Path, record_fault) -> None:
+    record_fault("notebook that raises")
     write_notebook(root / "notebooks" / f"{NAME}.ipynb", 'raise ValueError("broken on purpose")')
     with pytest.raises(NotebookFailed, match=f"{NAME}.*broken on purpose"):
         reproduce("smoke", root=root, only=[NAME], log=lambda s: None)
@@ -73,7 +75,9 @@ def test_bad_arguments(root: Path, kwargs: dict, match: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_reproduce_processes_execute_once(root: Path) -> None:
+@pytest.mark.faults
+def test_two_reproduce_processes_execute_once(root: Path, record_fault) -> None:
+    record_fault("concurrent reproduce processes", 2)
     import subprocess
     import sys
 
