@@ -221,9 +221,11 @@ def _train_locked(cfg: TrainConfig, directory: Path, train_data: ArrayDataset, v
         history.append(record)
         save_checkpoint(checkpoint, model, optimizer, {"history": history, "config": to_dict(cfg)})
         _write_metrics(directory, history)
+        eta = sum(r["seconds"] for r in history) / len(history) * (cfg.epochs - len(history))
         log(f"epoch {epoch + 1}/{cfg.epochs} [{cfg.method.name}] loss {record['loss']:.4f}  "
             f"val clean {record['val_clean_acc']:.3f}  val PGD-{cfg.val_attack.steps} "
-            f"{record['val_pgd_acc']:.3f}  {record['seconds']:.1f}s")
+            f"{record['val_pgd_acc']:.3f}  {record['seconds']:.1f}s"
+            + (f"  ETA {eta / 60:.1f} min" if len(history) < cfg.epochs else ""))
 
 
 def _write_metrics(directory: Path, history: list[dict[str, Any]]) -> None:
