@@ -15,27 +15,14 @@ audit runs, on one fixed set of test images:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .attacks import eval_mode, pgd
-from .evaluate import predict
-
-
-def _robust(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[[Tensor, Tensor], Tensor],
-            batch_size: int) -> Tensor:
-    """Per-sample robustness: correct on the clean image and on its adversarial example."""
-    with eval_mode(model):
-        correct = predict(model, x, batch_size) == y
-        out = torch.zeros_like(correct)
-        todo = correct.nonzero().squeeze(1)
-        for i in range(0, len(todo), batch_size):
-            index = todo[i:i + batch_size]
-            out[index] = predict(model, attack(x[index], y[index]), batch_size) == y[index]
-    return out
+from .attacks import pgd
+from .evaluate import predict, robust_flags
 
 
 def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, *, restarts: int = 1,
@@ -45,7 +32,7 @@ def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int,
         return (predict(model, x, batch_size) == y).float().mean().item()
     attack = lambda a, b: pgd(model, a, b, eps, step_size=2.5 * eps / steps, steps=steps,  # noqa: E731
                               restarts=restarts)
-    return _robust(model, x, y, attack, batch_size).float().mean().item()
+    return robust_flags(model, x, y, attack, eps=eps, batch_size=batch_size).float().mean().item()
 
 
 def square_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, queries: int = 5000,
@@ -58,14 +45,15 @@ def square_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, queri
         aa.square.n_queries = queries
         return aa.run_standard_evaluation(a, b, batch_size=batch_size)[0]
 
-    return _robust(model, x, y, attack, batch_size).float().mean().item()
+    return robust_flags(model, x, y, attack, eps=eps, batch_size=batch_size, name="Square").float().mean().item()
 
 
 def transfer_accuracy(surrogate: nn.Module, model: nn.Module, x: Tensor, y: Tensor, eps: float, *,
                       steps: int = 40, batch_size: int = 500) -> float:
     """Accuracy of ``model`` on PGD examples crafted against ``surrogate``."""
     attack = lambda a, b: pgd(surrogate, a, b, eps, step_size=2.5 * eps / steps, steps=steps)  # noqa: E731
-    return _robust(model, x, y, attack, batch_size).float().mean().item()
+    return robust_flags(model, x, y, attack, eps=eps, batch_size=batch_size,
+                        name="transfer").float().mean().item()
 
 
 def audit(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, surrogate: nn.Module | None = None,

@@ -33,6 +33,28 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 500) -> Tensor:
     return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 
+def robust_flags(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[[Tensor, Tensor], Tensor], *,
+                 eps: float, batch_size: int = 500, correct: Tensor | None = None,
+                 name: str = "attack") -> Tensor:
+    """Per image: True where the clean image is classified correctly and ``attack`` fails on it.
+
+    The attack only sees the correctly classified images (``correct``, computed if not given), in batches,
+    with the model in eval mode; its examples must stay in the ε-ball and in [0, 1].
+    """
+    with eval_mode(model):
+        if correct is None:
+            correct = predict(model, x, batch_size) == y
+        robust = torch.zeros_like(correct)
+        todo = correct.nonzero().squeeze(1)
+        for i in range(0, len(todo), batch_size):
+            index = todo[i:i + batch_size]
+            x_adv = attack(x[index], y[index])
+            if (x_adv - x[index]).abs().amax() > eps + 1e-5 or x_adv.min() < 0 or x_adv.max() > 1:
+                raise RuntimeError(f"{name} left the ε-ball or [0, 1]: the evaluation is invalid")
+            robust[index] = predict(model, x_adv, batch_size) == y[index]
+    return robust
+
+
 def _bits(flags: Tensor) -> str:
     return "".join("1" if f else "0" for f in flags.tolist())
 
@@ -111,14 +133,8 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig,
                                        "seconds": time.perf_counter() - started, "robust": _bits(clean)}
         for name, n, attack in attacks:
             started = time.perf_counter()
-            todo = clean[:n].nonzero().squeeze(1)
-            robust = torch.zeros(n, dtype=torch.bool, device=x.device)
-            for i in range(0, len(todo), cfg.batch_size):
-                index = todo[i:i + cfg.batch_size]
-                x_adv = attack(model, x[index], y[index])
-                if (x_adv - x[index]).abs().amax() > cfg.eps + 1e-5 or x_adv.min() < 0 or x_adv.max() > 1:
-                    raise RuntimeError(f"{name} left the ε-ball or [0, 1]: the evaluation is invalid")
-                robust[index] = predict(model, x_adv, cfg.batch_size) == y[index]
+            robust = robust_flags(model, x[:n], y[:n], lambda a, b, attack=attack: attack(model, a, b),
+                                  eps=cfg.eps, batch_size=cfg.batch_size, correct=clean[:n], name=name)
             flags[name] = robust
             results["attacks"][name] = {"accuracy": robust.float().mean().item(), "n": n,
                                         "seconds": time.perf_counter() - started, "robust": _bits(robust)}
