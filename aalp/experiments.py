@@ -91,12 +91,13 @@ def results_frame(runs: Iterable[Run]) -> pd.DataFrame:
 def mean_std(frame: pd.DataFrame, columns: Sequence[str], by: str = "method",
              percent: bool = True) -> pd.DataFrame:
     """``mean ± std`` over seeds of ``columns`` per ``by`` group, as strings (std is omitted for one seed)."""
+    scale = 100.0 if percent else 1.0
+
     def cell(values: pd.Series) -> str:
-        scale, unit = (100.0, "") if percent else (1.0, "")
         mean = values.mean() * scale
         if len(values) < 2 or math.isnan(values.std()):
-            return f"{mean:.1f}{unit}"
-        return f"{mean:.1f} ± {values.std() * scale:.1f}{unit}"
+            return f"{mean:.1f}"
+        return f"{mean:.1f} ± {values.std() * scale:.1f}"
 
     grouped = frame.groupby(by, sort=False)[list(columns)]
     table = grouped.agg(cell)[list(columns)]
