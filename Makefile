@@ -6,7 +6,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: run test test-unit test-notebooks test-book test-faults book reproduce pdf data clean-runs
+.PHONY: run test test-unit test-notebooks test-book test-faults book reproduce pdf data bench clean-runs
 
 run: book  ## main job: the HTML book from the committed executed notebooks -> book/_build/html/index.html
 
@@ -36,6 +36,9 @@ pdf: data  ## book.pdf via the single-page build and headless Chromium (apt-get 
 	chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
 	  --disable-sync --no-first-run --user-data-dir=$$(mktemp -d) --no-pdf-header-footer \
 	  --virtual-time-budget=10000 --print-to-pdf=$(CURDIR)/book.pdf file://$(CURDIR)/book/_build/singlehtml/index.html
+
+bench: data  ## training / evaluation throughput vs a reference loop and the FLOP floor (~30 min on 2 cores)
+	$(PY) benchmarks/bench.py
 
 data: $(STAMP)  ## MNIST + Fashion-MNIST into data/, verified by SHA-256 (offline sources if needed)
 	$(PY) -m aalp data fetch mnist fashion-mnist

@@ -121,6 +121,8 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, step_size: float,
                 noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
                 start = x + (2 * noise - 1) * eps
             x_adv = sign_gradient_ascent(model, x, start, loss_fn, eps, step_size, steps)
+            if restarts == 1:  # nothing to choose between: skip the scoring forward pass
+                return x_adv
             with torch.no_grad():
                 logits = model(x_adv)
                 value = loss_fn(logits)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -165,8 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = configs[0][2]
             print(json.dumps({"run_hash": config_hash(cfg.train), **to_dict(cfg)}, indent=2))
             return 0
+        from . import distributed
         from .evaluate import evaluate_run
         from .train import is_trained, run_dir, train
+
+        if distributed.requested() and args.command != "train":
+            raise ConfigError(f"several processes (WORLD_SIZE={os.environ['WORLD_SIZE']}) are supported for "
+                              f"'train' only, not {args.command!r}")
 
         rows = []
         for method, seed, cfg in configs:
@@ -180,7 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command in ("evaluate", "run"):
                 results = evaluate_run(directory, cfg.eval, data_root=args.data_dir, device=args.device)
                 rows.append(_summary_row(method, cfg.train.seed, results))
-            print(f"run directory: {directory}")
+            if distributed.is_writer():
+                print(f"run directory: {directory}")
+        distributed.teardown()
         if rows:
             print("\n".join(["", f"{args.profile} profile, {args.dataset}, ε = {configs[0][2].eval.eps:.4g}"]
                             + rows))

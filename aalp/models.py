@@ -7,6 +7,8 @@ Every model is ``logits = head(features(x))`` with ``features = body ∘ normali
 Architectures:
 
 - ``smallcnn``: the TRADES MNIST network (Zhang et al. 2019, github.com/yaodongyu/TRADES), 28×28×1.
+- ``fast-cnn``: the MNIST network of Wong, Rice & Kolter 2020 ("Fast is better than free",
+  arXiv 2001.03994), 28×28×1, ≈ 0.17 M parameters: 2 strided conv + FC, ≈ 17× cheaper than SmallCNN.
 - ``madry-cnn``: the Madry et al. 2018 MNIST challenge network, 28×28×1 (≈ 3.3 M parameters).
 - ``preact-resnet18``: He et al. 2016 pre-activation ResNet-18, 32×32×3.
 - ``wrn-34-10``: Zagoruyko & Komodakis 2016 WideResNet-34-10 as used by TRADES/MART, 32×32×3.
@@ -77,6 +79,16 @@ def _small_cnn(in_channels: int, dropout: float = 0.5) -> tuple[nn.Module, int]:
         nn.Linear(200, 200), nn.ReLU(),
     )
     return body, 200
+
+
+def _fast_cnn(in_channels: int) -> tuple[nn.Module, int]:
+    body = nn.Sequential(
+        nn.Conv2d(in_channels, 16, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 100), nn.ReLU(),
+    )
+    return body, 100
 
 
 def _madry_cnn(in_channels: int) -> tuple[nn.Module, int]:
@@ -171,6 +183,7 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "smallcnn": ModelSpec(_small_cnn, 28, "TRADES SmallCNN (4 conv + 2 FC, 200-d features)"),
+    "fast-cnn": ModelSpec(_fast_cnn, 28, "Wong et al. 2020 MNIST CNN (2 strided conv + FC, 100-d features)"),
     "madry-cnn": ModelSpec(_madry_cnn, 28, "Madry et al. MNIST CNN (2 conv + FC, 1024-d features)"),
     "preact-resnet18": ModelSpec(_preact_resnet18, 32, "PreAct-ResNet18 (512-d features)"),
     "wrn-34-10": ModelSpec(_wrn_34_10, 32, "WideResNet-34-10 (640-d features)"),

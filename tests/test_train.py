@@ -131,3 +131,35 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="unreadable"):
         load_checkpoint(path, model)
     assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
+
+
+def test_eps_warmup_ramps_the_training_attack() -> None:
+    from aalp.attacks import PGDConfig
+    from aalp.train import warmup_attack
+
+    attack = PGDConfig(0.3, step_size=0.075, steps=10)
+    ramp = [warmup_attack(attack, step, 4) for step in range(6)]
+    assert [round(a.eps, 6) for a in ramp] == [0.075, 0.15, 0.225, 0.3, 0.3, 0.3]
+    assert all(a.step_size / a.eps == pytest.approx(0.25) and a.steps == 10 for a in ramp)
+    assert warmup_attack(attack, 0, 0) is attack
+
+
+@pytest.mark.parametrize("value", ["-0.5", "2.5"])
+def test_eps_warmup_is_validated(value: str) -> None:
+    from aalp.config import ConfigError
+
+    with pytest.raises(ConfigError, match="eps_warmup"):
+        profile("smoke", "mnist", "alp", ["epochs=2", f"eps_warmup={value}"])
+
+
+def test_eps_warmup_reaches_every_batch_of_the_first_epoch(tmp_path: Path, mnist_root: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from aalp import train as train_module
+
+    seen: list[float] = []
+    original = train_module.warmup_attack
+    monkeypatch.setattr(train_module, "warmup_attack",
+                        lambda attack, step, n: seen.append(original(attack, step, n).eps) or original(attack, step, n))
+    train(tiny("pgd-at", "epochs=2", "eps_warmup=1.0"), runs_root=tmp_path, data_root=mnist_root,
+          progress=False, log=lambda s: None)
+    assert seen == pytest.approx([0.1, 0.2, 0.3, 0.3, 0.3, 0.3])  # 3 batches per epoch, ε = 0.3
