@@ -82,6 +82,19 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
 
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint, without loading its tensors.
+
+    Raises:
+        CheckpointError: unreadable or truncated file.
+    """
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            return json.loads((fh.metadata() or {})["meta"])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({err}); delete it to retrain") from None
+
+
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     device: torch.device | str = "cpu") -> dict[str, Any]:
     """Load ``path`` into ``model`` (and ``optimizer``) and return its metadata.

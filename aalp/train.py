@@ -3,7 +3,8 @@
 A run lives in ``<runs>/<config hash>/``:
 
 - ``config.json``: the full :class:`~aalp.config.TrainConfig`;
-- ``checkpoint.safetensors``: model + optimiser state and the history, rewritten atomically each epoch;
+- ``checkpoint.safetensors``: model + optimiser state and the history, rewritten atomically each epoch
+  (the last epoch keeps the model only: a finished run is never resumed, and the cache stays small);
 - ``metrics.jsonl``: one JSON line per finished epoch (loss parts, clean / PGD accuracy on the
   validation subset, learning rate, seconds).
 
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from . import __version__, distributed
 from .attacks import PGDConfig, pgd
-from .checkpoint import atomic_write, file_lock, load_checkpoint, save_checkpoint, write_json
+from .checkpoint import atomic_write, file_lock, load_checkpoint, read_metadata, save_checkpoint, write_json
 from .config import OptimConfig, TrainConfig, config_hash, to_dict, train_config_from_dict
 from .data import DATASETS, ArrayDataset, load_dataset, subset
 from .methods import Method, MethodOutput
@@ -239,7 +240,8 @@ def _train_locked(cfg: TrainConfig, directory: Path, train_data: ArrayDataset, v
     checkpoint = directory / "checkpoint.safetensors"
     history: list[dict[str, Any]] = []
     if checkpoint.exists():
-        history = load_checkpoint(checkpoint, model, optimizer, dev)["history"]
+        finished = len(read_metadata(checkpoint)["history"]) >= cfg.epochs  # saved without optimiser state
+        history = load_checkpoint(checkpoint, model, None if finished else optimizer, dev)["history"]
         if writer:
             _write_metrics(directory, history)  # a kill between checkpoint and metrics left them behind
         log(f"resuming {directory} after epoch {len(history)}/{cfg.epochs}" if len(history) < cfg.epochs
@@ -263,8 +265,9 @@ def _train_locked(cfg: TrainConfig, directory: Path, train_data: ArrayDataset, v
         record["machine"] = {**machine(), "device": str(dev), "processes": distributed.world_size(),
                              "bf16": bf16, "channels_last": channels_last}
         history.append(record)
-        if writer:
-            save_checkpoint(checkpoint, model, optimizer, {"history": history, "config": to_dict(cfg)})
+        if writer:  # the last epoch drops the optimiser state: nothing resumes a finished run
+            save_checkpoint(checkpoint, model, optimizer if len(history) < cfg.epochs else None,
+                            {"history": history, "config": to_dict(cfg)})
             _write_metrics(directory, history)
         distributed.barrier()
         eta = sum(r["seconds"] for r in history) / len(history) * (cfg.epochs - len(history))

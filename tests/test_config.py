@@ -294,3 +294,12 @@ def test_nan_is_rejected(override: str) -> None:
     with pytest.raises(ConfigError) as info:
         profile("smoke", "mnist", "aalp", [override])
     assert override.split("=")[0].split(".")[-1] in str(info.value)
+
+
+def test_cpu_profile_runs_full_autoattack_on_seed_zero_only() -> None:
+    assert profile("cpu", "mnist", "alp", ["seed=0"]).eval.autoattack_version == "standard"
+    assert profile("cpu", "mnist", "alp", ["seed=2"]).eval.autoattack_version == "apgd"
+    assert profile("cpu", "mnist", "alp", ["seed=2", "eval.autoattack_version=standard"]).eval.autoattack_version \
+        == "standard"
+    assert profile("smoke", "mnist", "alp", ["seed=2"]).eval.autoattack_version == "apgd"  # smoke: always apgd
+    assert profile("paper", "mnist", "alp", ["seed=2"]).eval.autoattack_version == "standard"

@@ -163,3 +163,20 @@ def test_eps_warmup_reaches_every_batch_of_the_first_epoch(tmp_path: Path, mnist
     train(tiny("pgd-at", "epochs=2", "eps_warmup=1.0"), runs_root=tmp_path, data_root=mnist_root,
           progress=False, log=lambda s: None)
     assert seen == pytest.approx([0.1, 0.2, 0.3, 0.3, 0.3, 0.3])  # 3 batches per epoch, ε = 0.3
+
+
+def test_finished_run_keeps_the_model_only(tmp_path: Path, mnist_root: Path) -> None:
+    from safetensors import safe_open
+
+    cfg = tiny("alp", "epochs=2")
+    quiet = {"runs_root": tmp_path, "data_root": mnist_root, "progress": False, "log": lambda s: None}
+    directory = train(cfg, stop_after=1, **quiet)
+    with safe_open(str(directory / "checkpoint.safetensors"), framework="pt") as fh:
+        assert any(k.startswith("optim.") for k in fh.keys())  # unfinished: resumable
+    before = weights(train(cfg, **quiet))
+    with safe_open(str(directory / "checkpoint.safetensors"), framework="pt") as fh:
+        assert not any(k.startswith("optim.") for k in fh.keys())
+    messages: list[str] = []
+    train(cfg, runs_root=tmp_path, data_root=mnist_root, progress=False, log=messages.append)
+    assert messages == [f"{directory}: already trained (2 epochs)"]
+    assert same(before, weights(directory))
