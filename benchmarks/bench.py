@@ -255,6 +255,8 @@ PROFILES: dict[str, dict[str, object]] = {
     "quick": {"models": {"fast-cnn": (1, 2)}, "train_batches": 4, "aa_images": 8, "attack_images": 16,
               "pgd_repeats": 2},
 }
+TARGET_AALP, TARGET_REFERENCE = 1.05, 1.25
+"""AALP step time / ALP step time at most this; our PGD-AT images/s / the reference loop's at least this."""
 SLOW = ("preact-resnet18",)
 """Models measured on PGD-AT, ALP and AALP only (one step takes seconds on a CPU)."""
 
@@ -285,6 +287,14 @@ def run(profile: str, data_root: Path, out: Path, readme: Path | None, batch: in
     return result
 
 
+def _num(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def _spread(r: dict[str, float]) -> str:
+    return f"{_num(r['median'])} ({_num(r['min'])}–{_num(r['max'])})"
+
+
 def table(result: dict[str, object]) -> str:
     """The Markdown tables of a result."""
     m = result["machine"]
@@ -299,18 +309,27 @@ def table(result: dict[str, object]) -> str:
             if method not in rows:
                 continue
             r = rows[method]
-            cells = [name, method, f"{r['median']:.0f} ({r['min']:.0f}–{r['max']:.0f})", "", "", "", "", ""]
+            cells = [name, method, _spread(r), "", "", "", "", ""]
             if method == "pgd-at":
                 ref, ratio = rows["reference"], rows["ratio_pgdat_over_reference"]
-                cells[3] = f"{ref['median']:.0f} ({ref['min']:.0f}–{ref['max']:.0f})"
+                cells[3] = _spread(ref)
                 cells[4] = f"{ratio['median']:.2f} ({ratio['min']:.2f}–{ratio['max']:.2f})"
                 if floor:
-                    cells[6] = f"{floor['floor_images_per_s']:.0f}"
+                    cells[6] = _num(floor["floor_images_per_s"])
                     cells[7] = f"{floor['efficiency']:.2f}"
             if method == "aalp" and "ratio_aalp_over_alp_time" in rows:
                 ratio = rows["ratio_aalp_over_alp_time"]
                 cells[5] = f"{ratio['median']:.2f} ({ratio['min']:.2f}–{ratio['max']:.2f})"
             lines.append("| " + " | ".join(cells) + " |")
+    verdicts = []
+    for name, rows in result["train"].items():
+        aalp = rows.get("ratio_aalp_over_alp_time", {}).get("median")
+        ours_ref = rows["ratio_pgdat_over_reference"]["median"]
+        verdicts.append(f"`{name}`: AALP / ALP step time {aalp:.2f} "
+                        f"({'meets' if aalp <= TARGET_AALP else 'misses'} ≤ {TARGET_AALP}), ours / reference "
+                        f"{ours_ref:.2f} ({'meets' if ours_ref >= TARGET_REFERENCE else 'misses'} "
+                        f"≥ {TARGET_REFERENCE})")
+    lines += ["", "Targets, on medians: " + "; ".join(verdicts) + "."]
     if "eval" in result:
         e = result["eval"]
         pgd_key = next(k for k in e if k.startswith("pgd"))
