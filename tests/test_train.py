@@ -4,6 +4,7 @@ safetensors checkpoints that round-trip and refuse what does not fit."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,12 @@ def test_finished_run_keeps_the_model_only(tmp_path: Path, mnist_root: Path) -> 
     train(cfg, runs_root=tmp_path, data_root=mnist_root, progress=False, log=messages.append)
     assert messages == [f"{directory}: already trained (2 epochs)"]
     assert same(before, weights(directory))
+
+
+def test_precision_and_memory_format_are_recorded(tmp_path: Path, mnist_root: Path) -> None:
+    directory = train(tiny("pgd-at"), runs_root=tmp_path, data_root=mnist_root, progress=False,
+                      log=lambda s: None, bf16=True, channels_last=False)
+    (record,) = read_history(directory)
+    assert record["machine"]["bf16"] is True and record["machine"]["channels_last"] is False
+    assert record["machine"]["processes"] == 1
+    assert math.isfinite(record["loss"])
