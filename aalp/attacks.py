@@ -79,12 +79,13 @@ def _check(x: Tensor, eps: float, steps: int = 1, step_size: float = 1.0, restar
 def sign_gradient_ascent(model: nn.Module, x: Tensor, x_start: Tensor, loss_fn: Objective,
                          eps: float, step_size: float, steps: int) -> Tensor:
     """``steps`` projected sign-gradient steps on ``loss_fn`` from ``x_start`` (model mode untouched)."""
-    x_adv = project(x_start.detach(), x, eps)
+    low, high = (x - eps).clamp_(min=0.0).detach(), (x + eps).clamp_(max=1.0).detach()  # the box, once
+    x_adv = torch.clamp(x_start.detach(), low, high)
     with torch.enable_grad():  # attacks also work when called under torch.no_grad()
         for _ in range(steps):
             x_adv.requires_grad_(True)
             (grad,) = torch.autograd.grad(loss_fn(model(x_adv)).sum(), x_adv)
-            x_adv = project(x_adv.detach() + step_size * grad.sign(), x, eps)
+            x_adv = torch.clamp(x_adv.detach().add_(grad.sign_(), alpha=step_size), low, high)
     return x_adv.detach()
 
 

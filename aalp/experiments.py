@@ -46,11 +46,14 @@ class Run:
         return load_run(self.directory, "cpu")[0]
 
     def accuracy(self, attack: str) -> float:
-        """Accuracy under ``attack`` (a key of ``results["attacks"]``, or ``"worst_case"``)."""
+        """Accuracy under ``attack``: a key of ``results["attacks"]``, ``"autoattack"`` (whichever version
+        ran), or ``"worst_case"``."""
         if self.results is None:
             raise ValueError(f"run {self.label} was not evaluated")
         if attack == "worst_case":
             return self.results["worst_case"]["accuracy"]
+        if attack == "autoattack":
+            (attack,) = [name for name in self.results["attacks"] if name.startswith("autoattack-")]
         return self.results["attacks"][attack]["accuracy"]
 
 
@@ -73,12 +76,21 @@ def attack_order(name: str) -> tuple[int, str]:
 
 
 def results_frame(runs: Iterable[Run]) -> pd.DataFrame:
-    """One row per run: label, seed, the accuracy under each attack and the worst case, training time."""
+    """One row per run: label, seed, the accuracy under each attack and the worst case, training time.
+
+    AutoAttack's accuracy is in column ``autoattack`` whichever version ran (profiles may run the
+    standard version for one seed and APGD-CE + APGD-T for the others); ``autoattack_version`` says which.
+    """
     rows = []
     for run in runs:
         row: dict[str, Any] = {"method": run.label, "seed": run.seed}
         if run.results is not None:
             for name in sorted(run.results["attacks"], key=attack_order):
+                family, _, version = name.partition("-")
+                if family == "autoattack":
+                    row["autoattack"] = run.results["attacks"][name]["accuracy"]
+                    row["autoattack_version"] = version
+                    continue
                 row[name] = run.results["attacks"][name]["accuracy"]
             row["worst_case"] = run.results["worst_case"]["accuracy"]
             row["eval_seconds"] = run.results["seconds"]

@@ -92,3 +92,19 @@ def test_mean_std_table() -> None:
     table = mean_std(frame, ["y", "x"])
     assert list(table.index) == ["b", "a"] and list(table.columns) == ["seeds", "y", "x"]
     assert table.loc["b", "x"] == "60.0 ± 14.1" and table.loc["a", "x"] == "25.0"
+
+
+def test_results_frame_puts_either_autoattack_version_in_one_column() -> None:
+    from aalp.experiments import results_frame
+
+    runs = []
+    for seed, version, acc in [(0, "standard", 0.90), (1, "apgd", 0.92)]:
+        run = _run("1111111110", seed)
+        run.results["attacks"][f"autoattack-{version}"] = {"accuracy": acc, "robust": "1" * 9 + "0", "n": 10}
+        runs.append(run)
+    frame = results_frame(runs)
+    assert frame["autoattack"].tolist() == [0.90, 0.92]
+    assert frame["autoattack_version"].tolist() == ["standard", "apgd"]
+    assert not any(c.startswith("autoattack-") for c in frame.columns)
+    assert runs[1].accuracy("autoattack") == 0.92
+    assert mean_std(frame, ["autoattack"]).loc["m", "autoattack"] == "91.0 ± 1.4"
