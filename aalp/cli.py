@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--profile", default="smoke", help="smoke | cpu | paper (default: smoke)")
     reproduce.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="execute only these notebooks")
     reproduce.add_argument("--force", action="store_true", help="execute even unchanged notebooks")
+    reproduce.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                           help="use these seeds instead of the profile's (in the notebooks that take seeds)")
     book = commands.add_parser(
         "book", help="build the Jupyter Book from a profile's executed notebooks",
         description="Copy results/<profile>/notebooks into book/ and run jupyter-book build -W "
@@ -146,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .reproduce import NotebookFailed, build_book, default_book_profile, reproduce
             try:
                 if args.command == "reproduce":
-                    reproduce(args.profile, only=args.only, force=args.force)
+                    reproduce(args.profile, only=args.only, force=args.force, seeds=args.seeds)
                 else:
                     build_book(args.profile or default_book_profile(), builder=args.builder)
             except NotebookFailed as err:

@@ -45,16 +45,20 @@ class Run:
         """The trained model (CPU, eval mode)."""
         return load_run(self.directory, "cpu")[0]
 
-    def accuracy(self, attack: str) -> float:
-        """Accuracy under ``attack``: a key of ``results["attacks"]``, ``"autoattack"`` (whichever version
-        ran), or ``"worst_case"``."""
+    def entry(self, attack: str) -> dict[str, Any]:
+        """The evaluation entry (``accuracy``, ``n``, per-image ``robust`` bits) of ``attack``: a key of
+        ``results["attacks"]``, ``"autoattack"`` (whichever version ran), or ``"worst_case"``."""
         if self.results is None:
             raise ValueError(f"run {self.label} was not evaluated")
         if attack == "worst_case":
-            return self.results["worst_case"]["accuracy"]
+            return self.results["worst_case"]
         if attack == "autoattack":
             (attack,) = [name for name in self.results["attacks"] if name.startswith("autoattack-")]
-        return self.results["attacks"][attack]["accuracy"]
+        return self.results["attacks"][attack]
+
+    def accuracy(self, attack: str) -> float:
+        """Accuracy under ``attack`` (see :meth:`entry`)."""
+        return self.entry(attack)["accuracy"]
 
 
 def get_run(profile: str, dataset: str, method: str, seed: int = 0, overrides: Sequence[str] = (), *,
@@ -189,28 +193,65 @@ class Study:
 
 
 def robust_bits(run: Run, attack: str = "worst_case") -> torch.Tensor:
-    """Per-sample robustness (1 = survived) of ``run`` under ``attack`` or the worst case."""
-    if run.results is None:
-        raise ValueError(f"run {run.label} was not evaluated")
-    entry = run.results["worst_case"] if attack == "worst_case" else run.results["attacks"][attack]
-    return torch.tensor([b == "1" for b in entry["robust"]], dtype=torch.float64)
+    """Per-sample robustness (1 = survived) of ``run`` under ``attack`` (see :meth:`Run.entry`)."""
+    return torch.tensor([b == "1" for b in run.entry(attack)["robust"]], dtype=torch.float64)
 
 
-def paired_difference(runs_a: Sequence[Run], runs_b: Sequence[Run], attack: str = "worst_case",
-                      z: float = 1.96) -> dict[str, float]:
-    """Accuracy of A minus accuracy of B with a normal-approximation 95 % interval, paired per test image
-    and per seed (runs are paired in order; both must be evaluated on the same images)."""
+def paired_difference(runs_a: Sequence[Run], runs_b: Sequence[Run], attack: str = "worst_case", *,
+                      level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Accuracy of A minus accuracy of B, paired per test image and per seed, with a percentile interval
+    from a two-level bootstrap (resample seeds, then test images within each drawn seed).
+
+    With per-image differences :math:`d_{si} = r^A_{si} - r^B_{si}` (:math:`r = 1` if the image survived),
+    the estimate is :math:`\\bar d = \\frac{1}{Sn}\\sum_{s,i} d_{si}`. Resampling seeds carries the variance
+    of training into the interval (an interval over images alone would treat one training run as the
+    truth); with one seed it reduces to a bootstrap over images. Runs are paired in order and must be
+    evaluated on the same images; the bootstrap is deterministic given ``seed``.
+    """
     if len(runs_a) != len(runs_b) or not runs_a:
         raise ValueError("need the same positive number of runs for A and B")
-    diffs = []
-    for a, b in zip(runs_a, runs_b):
-        bits_a, bits_b = robust_bits(a, attack), robust_bits(b, attack)
-        n = min(len(bits_a), len(bits_b))
-        diffs.append(bits_a[:n] - bits_b[:n])
-    d = torch.cat(diffs)
-    mean = d.mean().item()
-    half = z * (d.std(unbiased=True).item() / math.sqrt(len(d)) if len(d) > 1 else float("nan"))
-    return {"difference": mean, "low": mean - half, "high": mean + half, "n": len(d)}
+    if not 0 < level < 1 or n_boot < 1:
+        raise ValueError(f"need 0 < level < 1 and n_boot ≥ 1, got level={level}, n_boot={n_boot}")
+    bits = [(robust_bits(a, attack), robust_bits(b, attack)) for a, b in zip(runs_a, runs_b)]
+    n = min(min(len(x), len(y)) for x, y in bits)
+    d = torch.stack([x[:n] - y[:n] for x, y in bits])  # (seeds, images)
+    n_seeds = d.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    means = []
+    for start in range(0, n_boot, 100):  # chunks keep (draws, seeds, images) small on the full test set
+        draws = min(100, n_boot - start)
+        seeds = torch.randint(n_seeds, (draws, n_seeds), generator=gen)
+        images = torch.randint(n, (draws, n_seeds, n), generator=gen)
+        means.append(d[seeds.unsqueeze(-1), images].mean(dim=(1, 2)))
+    boot = torch.cat(means)
+    tail = (1 - level) / 2
+    low, high = torch.quantile(boot, torch.tensor([tail, 1 - tail], dtype=boot.dtype)).tolist()
+    return {"difference": d.mean().item(), "low": low, "high": high, "n": d.numel(), "seeds": n_seeds,
+            "per_seed": d.mean(dim=1).tolist()}
+
+
+def rank_correlation(x: Sequence[float], y: Sequence[float], *, level: float = 0.95, n_boot: int = 2000,
+                     seed: int = 0) -> dict[str, float]:
+    """Spearman's rank correlation :math:`\\rho` of ``x`` and ``y`` (the Pearson correlation of their ranks,
+    ties averaged) with a percentile bootstrap interval over the pairs; deterministic given ``seed``.
+    Bootstrap draws in which either variable is constant are skipped (their :math:`\\rho` is undefined)."""
+    xs, ys = pd.Series(x, dtype=float), pd.Series(y, dtype=float)
+    if len(xs) != len(ys) or len(xs) < 3 or xs.isna().any() or ys.isna().any():
+        raise ValueError(f"need two NaN-free sequences of the same length ≥ 3, got {len(xs)} and {len(ys)}")
+
+    def rho(ix: Sequence[int]) -> float:
+        rx, ry = xs.iloc[ix].rank().to_numpy(), ys.iloc[ix].rank().to_numpy()
+        if rx.std() == 0 or ry.std() == 0:
+            return math.nan
+        r = ((rx - rx.mean()) * (ry - ry.mean())).mean() / (rx.std() * ry.std())
+        return float(min(1.0, max(-1.0, r)))
+
+    gen = torch.Generator().manual_seed(seed)
+    draws = torch.randint(len(xs), (n_boot, len(xs)), generator=gen).tolist()
+    boot = pd.Series([rho(ix) for ix in draws]).dropna()
+    tail = (1 - level) / 2
+    return {"rho": rho(list(range(len(xs)))), "low": float(boot.quantile(tail)),
+            "high": float(boot.quantile(1 - tail)), "n": len(xs)}
 
 
 def _is_int(value: Any, minimum: int) -> bool:

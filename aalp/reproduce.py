@@ -47,10 +47,18 @@ def results_dir(profile: str, root: Path = ROOT) -> Path:
     return root / "results" / profile
 
 
-def parameters(profile: str) -> dict[str, Any]:
-    """The parameters injected into every notebook; each notebook takes its experiment's defaults for that
-    profile, and finds the repository as ``..`` (papermill runs it in ``notebooks/``)."""
-    return {"profile": profile}
+def parameters(profile: str, notebook: Path, seeds: list[int] | None = None) -> dict[str, Any]:
+    """The parameters injected into ``notebook``: the profile (each notebook takes its experiment's
+    defaults for it, and finds the repository as ``..``: papermill runs it in ``notebooks/``) and, if given
+    and the notebook declares ``seeds``, the seeds to use instead of the profile's (to render the seeds a
+    long profile has finished so far)."""
+    params: dict[str, Any] = {"profile": profile}
+    if seeds is not None:
+        import papermill
+
+        if "seeds" in papermill.inspect_notebook(str(notebook)):
+            params["seeds"] = list(seeds)
+    return params
 
 
 def _source_hash(root: Path) -> str:
@@ -70,8 +78,10 @@ def input_hash(notebook: Path, params: dict[str, Any], root: Path = ROOT) -> str
 
 
 def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None, force: bool = False,
+              seeds: list[int] | None = None,
               log: Callable[[str], None] = partial(print, flush=True)) -> list[Path]:
     """Execute the notebooks of ``profile`` in order (skipping unchanged ones); return the executed paths.
+    ``seeds`` replaces the profile's seeds in every notebook that takes a ``seeds`` parameter.
 
     Raises:
         NotebookFailed: a notebook raised; its executed copy (with the traceback) is kept.
@@ -82,11 +92,14 @@ def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None,
     unknown = [n for n in names if n not in NOTEBOOKS]
     if unknown:
         raise ConfigError(f"unknown notebook(s) {', '.join(unknown)}; choose from {', '.join(NOTEBOOKS)}")
+    if seeds is not None and (not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
+                                               for s in seeds)):
+        raise ConfigError(f"seeds must be a non-empty list of integers ≥ 0, got {seeds!r}")
     out_dir = results_dir(profile, root) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = parameters(profile)
     executed = []
     for name in names:
+        params = parameters(profile, root / "notebooks" / f"{name}.ipynb", seeds)
         with file_lock(out_dir / f".{name}.lock"):  # two reproduce processes execute a notebook once
             executed.append(_execute(name, root, out_dir, params, force, log))
     return executed
@@ -104,7 +117,7 @@ def _execute(name: str, root: Path, out_dir: Path, params: dict[str, Any], force
         return target
     stamp.unlink(missing_ok=True)
     started = time.perf_counter()
-    log(f"{name}: executing ({params['profile']} profile) …")
+    log(f"{name}: executing ({', '.join(f'{k} {v}' for k, v in params.items())}) …")
     try:
         papermill.execute_notebook(str(source), str(target), parameters=params, kernel_name="python3",
                                    cwd=str(root / "notebooks"), progress_bar=False)

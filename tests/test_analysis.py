@@ -14,7 +14,7 @@ from aalp.audit import audit, pgd_accuracy
 from aalp.config import profile
 from aalp.contributions import channel_contribution, concentration, model_contributions
 from aalp.data import ArrayDataset
-from aalp.experiments import Run, mean_std, paired_difference
+from aalp.experiments import Run, mean_std, paired_difference, rank_correlation
 from aalp.methods import ALP
 from aalp.target_fit import per_sample_parts
 
@@ -79,12 +79,39 @@ def _run(bits: str, seed: int = 0) -> Run:
 def test_paired_difference() -> None:
     a, b = _run("1111000000"), _run("1100000000")
     d = paired_difference([a], [b])
-    assert d["difference"] == pytest.approx(0.2) and d["n"] == 10
+    assert d["difference"] == pytest.approx(0.2) and d["n"] == 10 and d["seeds"] == 1
     assert d["low"] < 0.2 < d["high"]
+    assert paired_difference([a], [b]) == d  # deterministic
     same = paired_difference([a], [a])
     assert same["difference"] == same["low"] == same["high"] == 0
     with pytest.raises(ValueError):
         paired_difference([a], [])
+    with pytest.raises(ValueError):
+        paired_difference([a], [b], level=1.0)
+
+
+def test_paired_difference_interval_carries_the_spread_between_seeds() -> None:
+    """Two seeds that disagree (+0.5 and −0.3) must give a wider interval than the same images pooled
+    into one seed, where the bootstrap sees only image-to-image variance."""
+    a = [_run("1" * 50 + "0" * 50, 0), _run("0" * 100, 1)]
+    b = [_run("0" * 100, 0), _run("1" * 30 + "0" * 70, 1)]
+    two = paired_difference(a, b)
+    assert two["difference"] == pytest.approx(0.1) and two["per_seed"] == pytest.approx([0.5, -0.3])
+    pooled = paired_difference([_run("1" * 50 + "0" * 150)], [_run("0" * 100 + "1" * 30 + "0" * 70)])
+    assert pooled["difference"] == pytest.approx(0.1)
+    assert two["high"] - two["low"] > 2 * (pooled["high"] - pooled["low"])
+    assert two["low"] < 0 < two["high"] and pooled["low"] > 0
+
+
+def test_rank_correlation() -> None:
+    r = rank_correlation([1, 2, 3, 4], [10, 30, 20, 40])  # one swapped pair: 1 − 6·2 / (4·15)
+    assert r["rho"] == pytest.approx(0.8) and r["n"] == 4 and -1 <= r["low"] <= r["high"] <= 1
+    assert rank_correlation([1, 2, 3, 4], [10, 30, 20, 40]) == r  # deterministic
+    assert rank_correlation([0.1, 0.5, 0.5, 0.9], [9, 2, 2, 1])["rho"] == pytest.approx(-1.0)  # ties averaged
+    with pytest.raises(ValueError):
+        rank_correlation([1, 2], [1, 2])
+    with pytest.raises(ValueError):
+        rank_correlation([1, 2, float("nan")], [1, 2, 3])
 
 
 def test_mean_std_table() -> None:

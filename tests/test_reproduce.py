@@ -16,9 +16,9 @@ from aalp.reproduce import NOTEBOOKS, NotebookFailed, reproduce
 NAME = NOTEBOOKS[0]
 
 
-def write_notebook(path: Path, body: str) -> None:
+def write_notebook(path: Path, body: str, extra: str = "") -> None:
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('profile = "smoke"\nroot = ".."')
+    params = nbformat.v4.new_code_cell('profile = "smoke"\nroot = ".."' + extra)
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(body)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -53,6 +53,20 @@ def test_executes_skips_and_reexecutes(root: Path) -> None:
     before = out.stat().st_mtime_ns
     reproduce("cpu", root=root, only=[NAME], log=messages.append)
     assert out.stat().st_mtime_ns != before
+
+
+def test_seeds_reach_only_notebooks_that_take_them(root: Path) -> None:
+    other = NOTEBOOKS[1]
+    write_notebook(root / "notebooks" / f"{NAME}.ipynb", 'print("seeds", seeds)', "\nseeds = None")
+    write_notebook(root / "notebooks" / f"{other}.ipynb", 'print("has seeds:", "seeds" in globals())')
+    first, second = reproduce("cpu", root=root, only=[NAME, other], seeds=[0, 2], log=lambda s: None)
+    assert "seeds [0, 2]" in outputs(first)
+    assert "has seeds: False" in outputs(second)
+    stamp = first.with_suffix(".stamp").read_text()
+    reproduce("cpu", root=root, only=[NAME], log=lambda s: None)  # the profile's seeds: a different input
+    assert "seeds None" in outputs(first) and first.with_suffix(".stamp").read_text() != stamp
+    with pytest.raises(ConfigError, match="seeds"):
+        reproduce("cpu", root=root, only=[NAME], seeds=[], log=lambda s: None)
 
 
 @pytest.mark.faults
