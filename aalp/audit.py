@@ -10,19 +10,27 @@ audit runs, on one fixed set of test images:
   white-box attacks, their gradients are masked;
 - transfer from a separately trained surrogate (PGD-AT): if it beats the white-box attacks, likewise.
 
-:func:`audit` returns the curves and a dict of pass/fail checks with the numbers behind them.
+:func:`audit` returns the curves and a dict of pass/fail checks with the numbers behind them;
+:func:`cached_audit` stores it in the run's directory, since on real models it takes minutes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .attacks import pgd
+from .checkpoint import CheckpointError, file_lock, write_json
 from .evaluate import predict, robust_flags
+
+AUDIT_VERSION = 1
+"""Part of every cached audit's key: raise it when :func:`audit` changes what it measures."""
 
 
 def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, *, restarts: int = 1,
@@ -105,4 +113,34 @@ def audit(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, surrogate: nn.M
             "passed": transfer >= best_white - tolerance,
             "detail": f"transfer from the surrogate {transfer:.3f} vs best white-box PGD {best_white:.3f}"}
     result["passed"] = all(c["passed"] for c in checks.values())
+    return result
+
+
+def cached_audit(directory: str | Path, model: nn.Module, x: Tensor, y: Tensor, eps: float, *,
+                 surrogate: nn.Module | None = None, surrogate_name: str | None = None,
+                 **kwargs: Any) -> dict[str, Any]:
+    """:func:`audit` of the run stored in ``directory``, cached there as ``audit-<key>.json``.
+
+    The key covers the images and labels (their bytes), ``eps``, the surrogate's name (its run
+    directory) and every keyword argument, so a cached audit is reused only for exactly this audit.
+
+    Raises:
+        CheckpointError: the cached file is unreadable; the message says to delete it.
+    """
+    if surrogate is not None and not surrogate_name:
+        raise ValueError("a surrogate needs a surrogate_name (its run directory) for the cache key")
+    images = hashlib.sha256(x.detach().cpu().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest()
+    key = {"version": AUDIT_VERSION, "eps": eps, "images": images, "surrogate": surrogate_name,
+           **{k: list(v) if isinstance(v, (tuple, list)) else v for k, v in kwargs.items()}}
+    directory = Path(directory)
+    path = directory / f"audit-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}.json"
+    with file_lock(directory / f".{path.stem}.lock"):  # two notebooks auditing one model run it once
+        if path.exists():
+            try:
+                return json.loads(path.read_text())["result"]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise CheckpointError(f"cached audit {path} is unreadable ({type(err).__name__}); delete it "
+                                      "to audit again") from None
+        result = audit(model, x, y, eps, surrogate=surrogate, **kwargs)
+        write_json(path, {"key": key, "result": result})
     return result

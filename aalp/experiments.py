@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from .audit import cached_audit
 from .checkpoint import write_json
 from .config import PROFILES, ConfigError, RunConfig, profile as profile_config
 from .data import DATASETS
@@ -167,6 +168,14 @@ class Study:
         """The run of this profile (trained and evaluated if not cached)."""
         return get_run(self.profile, dataset, method, seed, overrides, label=label,
                        runs_dir=self.results_dir / "runs", data_dir=self.root / "data", evaluate=evaluate)
+
+    def audit(self, run: Run, x: torch.Tensor, y: torch.Tensor, *, surrogate: Run | None = None,
+              **kwargs: Any) -> dict[str, Any]:
+        """The gradient-masking audit of ``run`` on ``(x, y)`` at its evaluation ε (cached in its directory;
+        see :func:`aalp.audit.cached_audit`)."""
+        return cached_audit(run.directory, run.model, x, y, run.config.eval.eps,
+                            surrogate=surrogate.model if surrogate else None,
+                            surrogate_name=surrogate.directory.name if surrogate else None, **kwargs)
 
     def test_images(self, dataset: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """A class-balanced subset (seed 0) of the test split: ``n`` images, or the profile's analysis size."""

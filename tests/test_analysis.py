@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from aalp.attacks import PGDConfig
-from aalp.audit import audit, pgd_accuracy
+from aalp.audit import audit, cached_audit, pgd_accuracy
 from aalp.config import profile
 from aalp.contributions import channel_contribution, concentration, model_contributions
 from aalp.data import ArrayDataset
@@ -68,6 +68,21 @@ def test_audit_on_an_untrained_model() -> None:
                                      "black_box_not_stronger", "transfer_not_stronger"}
     assert result["passed"] == all(c["passed"] for c in result["checks"].values())
     assert pgd_accuracy(model, x, y, 0.0, 5) == result["eps_curve"][0]["accuracy"]
+
+
+def test_cached_audit_runs_once_per_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = mnist_model()
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    kwargs = {"steps": (1, 2), "eps_scale": (1, 10), "restarts": 1, "square_queries": 5}
+    first = cached_audit(tmp_path, model, x, y, 0.1, **kwargs)
+    calls = []
+    monkeypatch.setattr("aalp.audit.audit", lambda *a, **k: calls.append(1) or {"recomputed": True})
+    assert cached_audit(tmp_path, model, x, y, 0.1, **kwargs) == first and not calls
+    cached_audit(tmp_path, model, x, y, 0.2, **kwargs)  # another ε: another audit
+    cached_audit(tmp_path, model, x.flip(0), y.flip(0), 0.1, **kwargs)  # other images: likewise
+    assert len(calls) == 2 and len(list(tmp_path.glob("audit-*.json"))) == 3
+    with pytest.raises(ValueError, match="surrogate_name"):
+        cached_audit(tmp_path, model, x, y, 0.1, surrogate=model, **kwargs)
 
 
 def _run(bits: str, seed: int = 0) -> Run:

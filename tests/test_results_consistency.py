@@ -14,7 +14,8 @@ from aalp.evaluate import eval_path
 from aalp.train import run_dir
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-SAVED = sorted(RESULTS.glob("*/03_main_results.json"))
+# profiles whose run cache is here: cpu's is committed; smoke's is rebuilt by the notebook tests
+SAVED = sorted(p for p in RESULTS.glob("*/03_main_results.json") if (p.parent / "runs").is_dir())
 
 
 @pytest.mark.parametrize("saved", SAVED, ids=lambda p: p.parent.name)
