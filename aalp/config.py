@@ -214,7 +214,8 @@ def profile(name: str, dataset: str = "mnist", method: str = "aalp",
     ``smoke`` trains on a few thousand images for one epoch with a short attack (a pipeline check, not a
     robust model); ``cpu`` trains ``fast-cnn`` on the full MNIST / Fashion-MNIST training set for ten
     epochs and evaluates on the full test set (AutoAttack standard on a fixed subset of 500 images);
-    ``paper`` follows the usual published settings (PGD-40 on MNIST; PGD-10, SGD 0.1 and step decay on CIFAR-10 / SVHN).
+    ``paper`` follows the usual published settings (PGD-40 on MNIST; PGD-10, SGD 0.1 and step decay on
+    CIFAR-10 / SVHN).
     """
     if name not in PROFILES:
         raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")

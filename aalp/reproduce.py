@@ -26,6 +26,7 @@ from typing import Any
 
 from .checkpoint import file_lock
 from .config import PROFILES, ConfigError
+from .experiments import check_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,9 +93,7 @@ def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None,
     unknown = [n for n in names if n not in NOTEBOOKS]
     if unknown:
         raise ConfigError(f"unknown notebook(s) {', '.join(unknown)}; choose from {', '.join(NOTEBOOKS)}")
-    if seeds is not None and (not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
-                                               for s in seeds)):
-        raise ConfigError(f"seeds must be a non-empty list of integers ≥ 0, got {seeds!r}")
+    check_parameters(seeds=seeds)  # the notebooks' own check of the parameter
     out_dir = results_dir(profile, root) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = []
