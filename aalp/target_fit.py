@@ -18,9 +18,10 @@ from .models import Classifier
 
 
 def per_sample_parts(model: Classifier, method: Method, data: ArrayDataset, attack: PGDConfig, *,
-                     epoch: int, batch_size: int = 250) -> dict[str, Tensor]:
-    """Every per-sample part of ``method``'s loss on ``data`` (model in eval mode: no dropout of any kind,
-    so the numbers are deterministic given the attack's random start)."""
+                     epoch: int, batch_size: int = 250, seed: int = 0) -> dict[str, Tensor]:
+    """Every per-sample part of ``method``'s loss on ``data``, repeatable: the model is in eval mode (no
+    dropout of any kind) and ``seed`` seeds the attack's random start."""
+    torch.manual_seed(seed)
     collected: dict[str, list[Tensor]] = {}
     with eval_mode(model):
         for start in range(0, len(data), batch_size):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from aalp.attacks import PGDConfig
-from aalp.audit import audit, cached_audit, pgd_accuracy
+from aalp.audit import audit, best_white_box, cached_audit, pgd_accuracy
 from aalp.config import profile
 from aalp.contributions import channel_contribution, concentration, model_contributions
 from aalp.data import ArrayDataset
@@ -54,6 +54,18 @@ def test_per_sample_parts_restores_mode_and_covers_every_sample() -> None:
     assert all(v.shape == (10,) for v in parts.values())
 
 
+def test_per_sample_parts_repeat_under_a_seed() -> None:
+    model = mnist_model()
+    data = ArrayDataset(torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8), torch.arange(10))
+    attack = PGDConfig(0.3, step_size=0.1, steps=2)
+    first = per_sample_parts(model, ALP(), data, attack, epoch=0)
+    torch.rand(5)  # the global RNG moves on between the calls, as between notebook runs
+    again = per_sample_parts(model, ALP(), data, attack, epoch=0)
+    other = per_sample_parts(model, ALP(), data, attack, epoch=0, seed=1)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["pair"], other["pair"])
+
+
 def test_audit_on_an_untrained_model() -> None:
     model = mnist_model()
     torch.manual_seed(0)
@@ -68,6 +80,10 @@ def test_audit_on_an_untrained_model() -> None:
                                      "black_box_not_stronger", "transfer_not_stronger"}
     assert result["passed"] == all(c["passed"] for c in result["checks"].values())
     assert pgd_accuracy(model, x, y, 0.0, 5) == result["eps_curve"][0]["accuracy"]
+    best = best_white_box(result)  # the number the black-box check compares with, as the notebook shows it
+    assert best == min(result["steps_curve"][-1]["accuracy"], result["pgd_restarts"])
+    assert f"best white-box PGD {best:.3f}" in result["checks"]["black_box_not_stronger"]["detail"]
+    assert result["checks"]["black_box_not_stronger"]["passed"] == (result["square"] >= best - 0.02)
 
 
 def test_cached_audit_runs_once_per_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
