@@ -19,6 +19,7 @@ from aalp.attacks import PGDConfig, fgsm, pgd, trades_kl
 from aalp.config import profile
 from aalp.evaluate import evaluate_run
 from aalp.methods import METHODS, make_method
+from aalp.models import build_model
 from aalp.train import load_run, read_history, train
 
 from .conftest import mnist_model
@@ -89,6 +90,26 @@ def test_every_parameter_gets_a_finite_gradient_under_bf16(method: str) -> None:
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"
+
+
+@pytest.mark.parametrize("name", ["preact-resnet18", "wrn-34-10"])
+def test_paper_models_train_under_bf16_channels_last(name: str) -> None:
+    """The paper profile's CIFAR-10 / SVHN models, as training runs them on CUDA: channels_last, bf16
+    autocast, AALP with its Guided Dropout; BatchNorm statistics move, and every parameter learns."""
+    torch.manual_seed(0)
+    model = build_model(name, input_shape=(3, 32, 32), num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3)
+    model = model.cuda().to(memory_format=torch.channels_last).train()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(8, 3, 32, 32, generator=g).cuda(), torch.randint(0, 10, (8,), generator=g).cuda()
+    x = x.contiguous(memory_format=torch.channels_last)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in norms]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = make_method("aalp")(model, x, y, PGDConfig(8 / 255, step_size=2 / 255, steps=2), epoch=0)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert any(not torch.equal(b, m.running_mean) for b, m in zip(before, norms))
 
 
 def test_train_and_evaluate_on_cuda(tmp_path: Path, mnist_root: Path) -> None:
