@@ -281,6 +281,7 @@ _PARAMETERS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "datasets": (_optional(_list_of(lambda v: v in DATASETS)), f"None or a list from {', '.join(DATASETS)}"),
     "seed": (lambda v: _is_int(v, 0), "an integer ≥ 0"),
     "seeds": (_optional(_list_of(lambda v: _is_int(v, 0))), "None or a list of integers ≥ 0"),
+    "ablation_seeds": (_optional(_list_of(lambda v: _is_int(v, 0))), "None or a list of integers ≥ 0"),
     "methods": (_list_of(lambda v: v in METHODS), f"a list from {', '.join(METHODS)}"),
     "fraction": (lambda v: isinstance(v, _NUMBER) and 0 < v <= 1, "a number in (0, 1]"),
     "k": (lambda v: _is_int(v, 1), "an integer ≥ 1"),
