@@ -276,12 +276,13 @@ def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 
 _NUMBER = (int, float)
+_SEEDS = (_optional(_list_of(lambda v: _is_int(v, 0))), "None or a list of integers ≥ 0")
 _PARAMETERS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dataset": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
     "datasets": (_optional(_list_of(lambda v: v in DATASETS)), f"None or a list from {', '.join(DATASETS)}"),
     "seed": (lambda v: _is_int(v, 0), "an integer ≥ 0"),
-    "seeds": (_optional(_list_of(lambda v: _is_int(v, 0))), "None or a list of integers ≥ 0"),
-    "ablation_seeds": (_optional(_list_of(lambda v: _is_int(v, 0))), "None or a list of integers ≥ 0"),
+    "seeds": _SEEDS,
+    "ablation_seeds": _SEEDS,
     "methods": (_list_of(lambda v: v in METHODS), f"a list from {', '.join(METHODS)}"),
     "fraction": (lambda v: isinstance(v, _NUMBER) and 0 < v <= 1, "a number in (0, 1]"),
     "k": (lambda v: _is_int(v, 1), "an integer ≥ 1"),
