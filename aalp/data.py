@@ -50,18 +50,27 @@ class DatasetInfo:
 
     name: str
     input_shape: tuple[int, int, int]
-    num_classes: int
+    classes: tuple[str, ...]  # the name of label k is classes[k]
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
+
+_DIGITS = tuple(str(k) for k in range(10))  # torchvision's SVHN maps the digit 0 (label 10) to 0
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in (
-        DatasetInfo("mnist", (1, 28, 28), 10, (0.1307,), (0.3081,)),
-        DatasetInfo("fashion-mnist", (1, 28, 28), 10, (0.2860,), (0.3530,)),
-        DatasetInfo("cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-        DatasetInfo("svhn", (3, 32, 32), 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+        DatasetInfo("mnist", (1, 28, 28), _DIGITS, (0.1307,), (0.3081,)),
+        DatasetInfo("fashion-mnist", (1, 28, 28), ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+                    (0.2860,), (0.3530,)),
+        DatasetInfo("cifar10", (3, 32, 32), ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                                             "horse", "ship", "truck"),
+                    (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        DatasetInfo("svhn", (3, 32, 32), _DIGITS, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
     )
 }
 

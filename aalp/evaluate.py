@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .attacks import eval_mode, fgsm, pgd
 from .checkpoint import CheckpointError, file_lock, write_json
 from .config import EvalConfig, config_hash, to_dict
-from .data import load_dataset, subset
+from .data import ArrayDataset, load_dataset, subset
 from .train import is_trained, load_run, read_history
 
 AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -152,11 +152,17 @@ def eval_path(directory: Path, cfg: EvalConfig) -> Path:
     return directory / f"eval-{config_hash(cfg)}.json"
 
 
+def evaluation_set(dataset: str, cfg: EvalConfig, data_root: str | Path = "data") -> ArrayDataset:
+    """The test images an evaluation with ``cfg`` attacks, in order: a class-balanced subset of ``cfg.n``
+    (seed 0) of the test split, or all of it. AutoAttack takes the first ``cfg.autoattack_n`` of them."""
+    return subset(load_dataset(dataset, "test", data_root), cfg.n, "balanced", seed=0)
+
+
 def evaluate_run(directory: str | Path, cfg: EvalConfig, *, data_root: str | Path = "data",
                  device: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate a trained run (cached as ``eval-<hash>.json`` in the run directory) and return the results.
 
-    The test images are a class-balanced subset of ``cfg.n`` (seed 0) of the test split, or all of it.
+    The test images are :func:`evaluation_set`.
     """
     directory = Path(directory)
     path = eval_path(directory, cfg)
@@ -193,7 +199,7 @@ def _evaluate_locked(directory: Path, path: Path, cfg: EvalConfig, data_root: st
     if not is_trained(train_cfg, directory.parent):
         raise RuntimeError(f"run {directory} has finished {len(read_history(directory))} of "
                            f"{train_cfg.epochs} epochs; train it first (python -m aalp train ...)")
-    test = subset(load_dataset(train_cfg.data.dataset, "test", data_root), cfg.n, "balanced", seed=0)
+    test = evaluation_set(train_cfg.data.dataset, cfg, data_root)
     x, y = test.to(next(model.parameters()).device).tensors()
     log(f"evaluating {directory.name} [{train_cfg.method.name}] on {len(x)} test images, ε = {cfg.eps:g}")
     started = time.perf_counter()

@@ -25,7 +25,7 @@ from .config import PROFILES, ConfigError, RunConfig, profile as profile_config
 from .data import DATASETS
 from .methods import METHODS
 from .data import ArrayDataset, load_dataset, subset
-from .evaluate import evaluate_run
+from .evaluate import evaluate_run, evaluation_set
 from .models import Classifier
 from .train import is_trained, load_run, read_history, run_dir, train
 
@@ -182,6 +182,10 @@ class Study:
         data = load_dataset(dataset, "test", self.root / "data")
         return subset(data, n or self.defaults["analysis_n"], "balanced", seed=0).tensors()
 
+    def eval_labels(self, run: Run) -> torch.Tensor:
+        """The labels of the images ``run`` was evaluated on, in order (:func:`aalp.evaluate.evaluation_set`)."""
+        return evaluation_set(run.config.train.data.dataset, run.config.eval, self.root / "data").labels
+
     def train_images(self, dataset: str, n: int | None = None) -> ArrayDataset:
         """A class-balanced subset (seed 0) of the training split."""
         data = load_dataset(dataset, "train", self.root / "data")
@@ -206,6 +210,33 @@ def robust_bits(run: Run, attack: str = "worst_case") -> torch.Tensor:
     return torch.tensor([b == "1" for b in run.entry(attack)["robust"]], dtype=torch.float64)
 
 
+def _paired_bits(runs_a: Sequence[Run], runs_b: Sequence[Run], attack: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image robustness of paired runs as two (seeds, images) tensors, cut to the images all share."""
+    if len(runs_a) != len(runs_b) or not runs_a:
+        raise ValueError("need the same positive number of runs for A and B")
+    bits = [(robust_bits(a, attack), robust_bits(b, attack)) for a, b in zip(runs_a, runs_b)]
+    n = min(min(len(x), len(y)) for x, y in bits)
+    return torch.stack([x[:n] for x, _ in bits]), torch.stack([y[:n] for _, y in bits])
+
+
+def _two_level_interval(d: torch.Tensor, level: float, n_boot: int, seed: int) -> tuple[float, float]:
+    """Percentile interval of the mean of ``d`` (seeds, images): resample seeds, then images within each."""
+    if not 0 < level < 1 or n_boot < 1:
+        raise ValueError(f"need 0 < level < 1 and n_boot ≥ 1, got level={level}, n_boot={n_boot}")
+    n_seeds, n = d.shape
+    gen = torch.Generator().manual_seed(seed)
+    means = []
+    for start in range(0, n_boot, 100):  # chunks keep (draws, seeds, images) small on the full test set
+        draws = min(100, n_boot - start)
+        seeds = torch.randint(n_seeds, (draws, n_seeds), generator=gen)
+        images = torch.randint(n, (draws, n_seeds, n), generator=gen)
+        means.append(d[seeds.unsqueeze(-1), images].mean(dim=(1, 2)))
+    boot = torch.cat(means)
+    tail = (1 - level) / 2
+    low, high = torch.quantile(boot, torch.tensor([tail, 1 - tail], dtype=boot.dtype)).tolist()
+    return low, high
+
+
 def paired_difference(runs_a: Sequence[Run], runs_b: Sequence[Run], attack: str = "worst_case", *,
                       level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Accuracy of A minus accuracy of B, paired per test image and per seed, with a percentile interval
@@ -217,26 +248,42 @@ def paired_difference(runs_a: Sequence[Run], runs_b: Sequence[Run], attack: str 
     truth); with one seed it reduces to a bootstrap over images. Runs are paired in order and must be
     evaluated on the same images; the bootstrap is deterministic given ``seed``.
     """
-    if len(runs_a) != len(runs_b) or not runs_a:
-        raise ValueError("need the same positive number of runs for A and B")
-    if not 0 < level < 1 or n_boot < 1:
-        raise ValueError(f"need 0 < level < 1 and n_boot ≥ 1, got level={level}, n_boot={n_boot}")
-    bits = [(robust_bits(a, attack), robust_bits(b, attack)) for a, b in zip(runs_a, runs_b)]
-    n = min(min(len(x), len(y)) for x, y in bits)
-    d = torch.stack([x[:n] - y[:n] for x, y in bits])  # (seeds, images)
-    n_seeds = d.shape[0]
-    gen = torch.Generator().manual_seed(seed)
-    means = []
-    for start in range(0, n_boot, 100):  # chunks keep (draws, seeds, images) small on the full test set
-        draws = min(100, n_boot - start)
-        seeds = torch.randint(n_seeds, (draws, n_seeds), generator=gen)
-        images = torch.randint(n, (draws, n_seeds, n), generator=gen)
-        means.append(d[seeds.unsqueeze(-1), images].mean(dim=(1, 2)))
-    boot = torch.cat(means)
-    tail = (1 - level) / 2
-    low, high = torch.quantile(boot, torch.tensor([tail, 1 - tail], dtype=boot.dtype)).tolist()
-    return {"difference": d.mean().item(), "low": low, "high": high, "n": d.numel(), "seeds": n_seeds,
+    a, b = _paired_bits(runs_a, runs_b, attack)
+    d = a - b
+    low, high = _two_level_interval(d, level, n_boot, seed)
+    return {"difference": d.mean().item(), "low": low, "high": high, "n": d.numel(), "seeds": d.shape[0],
             "per_seed": d.mean(dim=1).tolist()}
+
+
+def class_breakdown(runs_a: Sequence[Run], runs_b: Sequence[Run], labels: torch.Tensor,
+                    classes: Sequence[str], attack: str = "worst_case", *, names: tuple[str, str] = ("A", "B"),
+                    level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """:func:`paired_difference` per true class: where A gains or loses against B.
+
+    ``labels`` are the labels of the evaluation images in order (:meth:`Study.eval_labels`); the images
+    are those every paired run was attacked on. One row per class present: the images of the class, the
+    accuracy of A and of B (mean over seeds), ``A − B`` with its two-level bootstrap interval, and the
+    images per seed (mean) that only A and only B survive, the two halves of the difference.
+    """
+    a, b = _paired_bits(runs_a, runs_b, attack)
+    if len(labels) < a.shape[1]:
+        raise ValueError(f"{len(labels)} labels for {a.shape[1]} evaluated images")
+    y = torch.as_tensor(labels)[: a.shape[1]]
+    first, second = names
+    rows = []
+    for k, name in enumerate(classes):
+        members = y == k
+        if not members.any():
+            continue
+        d = a[:, members] - b[:, members]
+        low, high = _two_level_interval(d, level, n_boot, seed)
+        rows.append({"class": name, "images": int(members.sum()), first: a[:, members].mean().item(),
+                     second: b[:, members].mean().item(), f"{first} − {second}": d.mean().item(),
+                     "low": low, "high": high, f"only {first}": (d > 0).sum(dim=1).double().mean().item(),
+                     f"only {second}": (d < 0).sum(dim=1).double().mean().item()})
+    if len(rows) == 0 or sum(r["images"] for r in rows) != a.shape[1]:
+        raise ValueError(f"labels must lie in 0..{len(classes) - 1}")
+    return pd.DataFrame(rows).set_index("class")
 
 
 def rank_correlation(x: Sequence[float], y: Sequence[float], *, level: float = 0.95, n_boot: int = 2000,

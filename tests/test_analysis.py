@@ -14,7 +14,7 @@ from aalp.audit import audit, best_white_box, cached_audit, pgd_accuracy
 from aalp.config import profile
 from aalp.contributions import channel_contribution, concentration, model_contributions
 from aalp.data import ArrayDataset
-from aalp.experiments import Run, mean_std, paired_difference, rank_correlation
+from aalp.experiments import Run, class_breakdown, mean_std, paired_difference, rank_correlation
 from aalp.methods import ALP
 from aalp.target_fit import per_sample_parts
 
@@ -132,6 +132,27 @@ def test_paired_difference_interval_carries_the_spread_between_seeds() -> None:
     assert pooled["difference"] == pytest.approx(0.1)
     assert two["high"] - two["low"] > 2 * (pooled["high"] - pooled["low"])
     assert two["low"] < 0 < two["high"] and pooled["low"] > 0
+
+
+def test_class_breakdown_splits_the_paired_difference_by_class() -> None:
+    """Images 0–3 are class 0, 4–7 class 1 (8 and 9, beyond A's evaluated images, are dropped): A wins
+    class 0 on both seeds, loses one image of class 1 on seed 1; the per-class rows add up to the total."""
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    a = [_run("11110000", 0), _run("11100000", 1)]
+    b = [_run("0000000011", 0), _run("0000100011", 1)]
+    table = class_breakdown(a, b, labels, ["zero", "one", "two"], names=("aalp", "alp"))
+    assert list(table.index) == ["zero", "one"] and table["images"].tolist() == [4, 4]  # absent classes: no row
+    assert table.loc["zero", "aalp"] == pytest.approx(7 / 8) and table.loc["zero", "alp"] == 0
+    assert table.loc["zero", "aalp − alp"] == pytest.approx(7 / 8) and table.loc["one", "aalp − alp"] == pytest.approx(-1 / 8)
+    assert table.loc["zero", "only aalp"] == 3.5 and table.loc["one", "only alp"] == 0.5
+    assert table.loc["zero", "low"] > 0 and table.loc["one", "low"] < 0 <= table.loc["one", "high"]
+    total = paired_difference(a, b)["difference"]
+    assert (table["aalp − alp"] * table["images"]).sum() / table["images"].sum() == pytest.approx(total)
+    assert class_breakdown(a, b, labels, ["zero", "one", "two"], names=("aalp", "alp")).equals(table)
+    with pytest.raises(ValueError, match="labels"):
+        class_breakdown(a, b, labels[:5], ["zero", "one"])  # fewer labels than images
+    with pytest.raises(ValueError, match="0..0"):
+        class_breakdown(a, b, labels, ["zero"])  # a label without a class name
 
 
 def test_rank_correlation() -> None:

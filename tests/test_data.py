@@ -196,6 +196,7 @@ def test_fashion_mnist_canonical_facts() -> None:
     assert train.labels[:5].tolist() == [9, 0, 0, 3, 0] and test.labels[:5].tolist() == [9, 2, 1, 1, 6]
     x, _ = train.tensors()
     info = DATASETS["fashion-mnist"]
+    assert [info.classes[k] for k in test.labels[:5]] == ["Ankle boot", "Pullover", "Trouser", "Trouser", "Shirt"]
     assert x.mean().item() == pytest.approx(info.mean[0], abs=5e-4)
     assert x.std().item() == pytest.approx(info.std[0], abs=5e-4)
 

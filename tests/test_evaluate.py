@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from aalp.config import EvalConfig, profile
-from aalp.evaluate import autoattack, evaluate_run, predict, robustness
+from aalp.evaluate import autoattack, evaluate_run, evaluation_set, predict, robustness
 from aalp.train import load_run, train
 
 QUIET = {"progress": False, "log": lambda s: None}
@@ -93,3 +93,8 @@ def test_end_to_end_train_and_evaluate(tmp_path: Path, mnist_root: Path) -> None
     assert results["attacks"]["autoattack-apgd"]["n"] == 20 and results["worst_case"]["n"] == 20
     assert results["eval_config"]["eps"] == 0.3
     assert evaluate_run(directory, cfg.eval, data_root=mnist_root, log=lambda s: None) == results
+    model, _ = load_run(directory, "cpu")  # evaluation_set names the images that were evaluated, in order
+    x, y = evaluation_set("mnist", cfg.eval, mnist_root).tensors()
+    with torch.no_grad():
+        correct = "".join("1" if c else "0" for c in (predict(model, x) == y).tolist())
+    assert len(y) == 60 and results["attacks"]["clean"]["robust"] == correct
