@@ -21,11 +21,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from . import faults
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+
+def atomic_write(path: Path, write: Callable[[Path], None], point: str | None = None) -> None:
     """Call ``write(tmp)`` on a temporary file next to ``path``, fsync it, then rename it over ``path``.
 
-    Readers see either the old file or the complete new one, never a partial write.
+    Readers see either the old file or the complete new one, never a partial write. ``point`` names the
+    :mod:`~aalp.faults` point reached between the fsync and the rename.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -35,6 +38,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        if point is not None:
+            faults.reach(point)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -79,7 +84,7 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                 else:
                     scalars.setdefault(str(index), {})[name] = value
         header["optim"] = json.dumps({"param_groups": state["param_groups"], "scalars": scalars})
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header), point="checkpoint-tmp")
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

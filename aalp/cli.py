@@ -16,6 +16,7 @@ from typing import NoReturn
 
 import torch
 
+from . import faults
 from .checkpoint import CheckpointError
 from .config import EPS, PROFILES, ConfigError, RunConfig, config_hash, profile, to_dict
 from .data import DATASETS, DataError, fetch
@@ -141,6 +142,7 @@ def _summary_row(method: str, seed: int, results: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        faults.armed()  # a malformed AALP_FAULT is refused before any compute
         if args.command == "data":
             fetch(args.names, args.root)
             return 0

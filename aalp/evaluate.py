@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import faults
 from .attacks import eval_mode, fgsm, pgd
 from .checkpoint import CheckpointError, file_lock, write_json
 from .config import EvalConfig, config_hash, to_dict
@@ -90,7 +91,8 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, version: s
     handler = _CollectWarnings()
     aa.logger.addHandler(handler)
     try:
-        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
+        with faults.on_forward(model, "autoattack"):
+            x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
     finally:
         aa.logger.removeHandler(handler)
     return x_adv.detach(), handler.messages
@@ -140,6 +142,7 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig,
                                         "seconds": time.perf_counter() - started, "robust": _bits(robust)}
             log(f"  {name:>22}: {robust.float().mean().item():.2%} of {n} "
                 f"({time.perf_counter() - started:.1f}s)")
+            faults.reach("eval-attack")
     n_common = min(len(f) for f in flags.values())
     worst = torch.stack([f[:n_common] for f in flags.values()]).all(0)
     results["worst_case"] = {"accuracy": worst.float().mean().item(), "n": n_common,

@@ -6,15 +6,19 @@ Layout, per profile (so that running one profile never touches another's results
 - ``results/<profile>/<notebook>.json``: the numbers each notebook produced;
 - ``results/<profile>/notebooks/<notebook>.ipynb``: the executed notebooks, with a ``.stamp`` beside each
   holding the hash of its inputs (notebook source, parameters, ``aalp`` source): an unchanged notebook is
-  not executed again.
+  not executed again. Papermill writes into a hidden ``.<notebook>.partial.ipynb`` that replaces the
+  notebook only when the execution ends (with its traceback, if it raised), and the stamp is written last:
+  a killed execution leaves the previous notebook and no stamp, so the next run executes it again.
 
-The book is built from one profile's executed notebooks, copied into ``book/notebooks/``.
+The book is built from one profile's executed notebooks, copied into ``book/notebooks/``; a notebook
+without its stamp (failed, or killed mid-execution) is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from . import faults
 from .checkpoint import file_lock
 from .config import PROFILES, ConfigError
 from .experiments import check_parameters
@@ -46,6 +51,12 @@ class NotebookFailed(RuntimeError):
 
 def results_dir(profile: str, root: Path = ROOT) -> Path:
     return root / "results" / profile
+
+
+def unfinished(profile: str, root: Path = ROOT) -> list[str]:
+    """The notebooks of ``profile`` with no finished execution (no executed copy, or no stamp beside it)."""
+    out = results_dir(profile, root) / "notebooks"
+    return [n for n in NOTEBOOKS if not ((out / f"{n}.ipynb").exists() and (out / f"{n}.stamp").exists())]
 
 
 def parameters(profile: str, notebook: Path, seeds: list[int] | None = None) -> dict[str, Any]:
@@ -115,14 +126,18 @@ def _execute(name: str, root: Path, out_dir: Path, params: dict[str, Any], force
         log(f"{name}: unchanged, not executed again")
         return target
     stamp.unlink(missing_ok=True)
+    partial = target.with_name(f".{name}.partial.ipynb")
     started = time.perf_counter()
     log(f"{name}: executing ({', '.join(f'{k} {v}' for k, v in params.items())}) …")
     try:
-        papermill.execute_notebook(str(source), str(target), parameters=params, kernel_name="python3",
-                                   cwd=str(root / "notebooks"), progress_bar=False)
+        papermill.execute_notebook(str(source), str(partial), parameters=params, kernel_name="python3",
+                                   cwd=str(root / "notebooks"), progress_bar=False,
+                                   on_cell_executed=lambda **_: faults.reach("notebook-cell"))
     except papermill.PapermillExecutionError as err:
+        os.replace(partial, target)
         raise NotebookFailed(f"notebook {name} failed ({err.ename}: {err.evalue}); the executed copy "
                              f"with the traceback is {target}") from None
+    os.replace(partial, target)
     stamp.write_text(key + "\n")
     log(f"{name}: done in {time.perf_counter() - started:.0f} s")
     return target
@@ -134,9 +149,9 @@ def build_book(profile: str, *, root: Path = ROOT, builder: str = "html",
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     source = results_dir(profile, root) / "notebooks"
-    missing = [n for n in NOTEBOOKS if not (source / f"{n}.ipynb").exists()]
+    missing = unfinished(profile, root)
     if missing:
-        raise ConfigError(f"the {profile} profile has no executed {', '.join(missing)}; run "
+        raise ConfigError(f"the {profile} profile has no finished execution of {', '.join(missing)}; run "
                           f"'python -m aalp reproduce --profile {profile}' first")
     book = root / "book"
     target = book / "notebooks"
@@ -144,6 +159,7 @@ def build_book(profile: str, *, root: Path = ROOT, builder: str = "html",
     target.mkdir()
     for name in NOTEBOOKS:
         shutil.copy2(source / f"{name}.ipynb", target / f"{name}.ipynb")
+        faults.reach("book-build")
     # --all: Sphinx would otherwise keep pages whose source did not change, with stale glued numbers
     command = [str(Path(sys.executable).with_name("jupyter-book")), "build", "--all", "-W", "-n",
                "--keep-going", "--builder", builder, str(book)]
@@ -155,8 +171,8 @@ def build_book(profile: str, *, root: Path = ROOT, builder: str = "html",
 
 
 def default_book_profile(root: Path = ROOT) -> str:
-    """The most complete profile with executed notebooks: paper, then cpu, then smoke."""
+    """The most complete profile whose notebooks all finished: paper, then cpu, then smoke."""
     for profile in ("paper", "cpu", "smoke"):
-        if all((results_dir(profile, root) / "notebooks" / f"{n}.ipynb").exists() for n in NOTEBOOKS):
+        if not unfinished(profile, root):
             return profile
     return "smoke"

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import __version__, distributed
+from . import __version__, distributed, faults
 from .attacks import PGDConfig, pgd
 from .checkpoint import atomic_write, file_lock, load_checkpoint, read_metadata, save_checkpoint, write_json
 from .config import OptimConfig, TrainConfig, config_hash, to_dict, train_config_from_dict
@@ -135,6 +135,7 @@ def train_one_epoch(model: Classifier, method: Method, attack: PGDConfig,
         (out.loss * scale if scale != 1 else out.loss).backward()
         distributed.average_gradients(model)
         optimizer.step()
+        faults.reach("train-batch")
         n = len(index)
         count += n
         sums["loss"] = sums.get("loss", 0.0) + out.loss.item() * n
@@ -268,6 +269,7 @@ def _train_locked(cfg: TrainConfig, directory: Path, train_data: ArrayDataset, v
         if writer:  # the last epoch drops the optimiser state: nothing resumes a finished run
             save_checkpoint(checkpoint, model, optimizer if len(history) < cfg.epochs else None,
                             {"history": history, "config": to_dict(cfg)})
+            faults.reach("checkpoint-saved")
             _write_metrics(directory, history)
         distributed.barrier()
         eta = sum(r["seconds"] for r in history) / len(history) * (cfg.epochs - len(history))

@@ -46,14 +46,18 @@ def mnist_root() -> Path:
 # ----------------------------------------------------------------------------------------------------
 
 _FAULTS: Counter[str] = Counter()
+_KILLS: Counter[str] = Counter()
 _OUTCOMES: Counter[str] = Counter()
 
 
 @pytest.fixture
 def record_fault() -> Callable[..., None]:
-    """``record_fault(kind, count=1)``: note faults a test injected (for the fault-suite record)."""
-    def record(kind: str, count: int = 1) -> None:
+    """``record_fault(kind, count=1, point=None)``: note faults a test injected (for the fault-suite record);
+    ``point`` is the :mod:`aalp.faults` point a kill landed at."""
+    def record(kind: str, count: int = 1, point: str | None = None) -> None:
         _FAULTS[kind] += count
+        if point is not None:
+            _KILLS[point] += count
     return record
 
 
@@ -68,14 +72,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return  # only a whole fault-suite run writes the record
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
-    record = {"date": datetime.date.today().isoformat(), "commit": commit, "cases": sum(_OUTCOMES.values()),
-              "outcomes": dict(_OUTCOMES), "faults_injected": dict(sorted(_FAULTS.items()))}
     from aalp.checkpoint import write_json
+    from aalp.faults import ENV, POINTS
+
+    record = {"date": datetime.date.today().isoformat(), "commit": commit, "cases": sum(_OUTCOMES.values()),
+              "outcomes": dict(_OUTCOMES),
+              "kills_by_point": {point: _KILLS[point] for point in POINTS},
+              "faults_injected": dict(sorted(_FAULTS.items()))}
     write_json(ROOT / "results" / "fault_suite.json", record)
+    points = [f"| `{point}` | {where} | {_KILLS[point]} |" for point, where in POINTS.items()]
     rows = [f"| fault-suite cases run | {record['cases']} |",
             *[f"| {kind} | {count} |" for kind, count in record["faults_injected"].items()],
             f"| cases failed (a result lost, corrupted or silently wrong) | {_OUTCOMES.get('failed', 0)} |"]
     (ROOT / "book" / "fault_suite.md").write_text(
-        "| what | count |\n|---|---|\n" + "\n".join(rows) + "\n\n"
+        f"Kills at named points (`{ENV}=<point>:<n>`, `aalp/faults.py`): each lands exactly there, on any "
+        "machine, and the test then checks what was left on disk and that a rerun ends as an uninterrupted "
+        "run would.\n\n| point | where | kills |\n|---|---|---|\n" + "\n".join(points) + "\n\n"
+        "Every fault the suite injects:\n\n| what | count |\n|---|---|\n" + "\n".join(rows) + "\n\n"
         f"Written by `make test-faults` on {record['date']} at commit `{commit}` "
         "(`results/fault_suite.json`).\n")

@@ -1,4 +1,5 @@
-"""The built book: every page exists, every figure is an image file it references, the tables are there.
+"""The built book: every page exists, every figure is an image file it references, the tables are there,
+and every glued value a page asks for is on it, as the notebook recorded it.
 
 Runs after ``python -m aalp book --profile smoke`` (``make test-book`` sets AALP_BOOK_BUILT=1); without
 that it is skipped, because a build takes a while and the unit tests do not need one.
@@ -6,15 +7,21 @@ that it is skipped, because a build takes a while and the unit tests do not need
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
+from ast import literal_eval
 from pathlib import Path
 
 import pytest
 
 from aalp.reproduce import NOTEBOOKS
 
-HTML = Path(__file__).resolve().parents[1] / "book" / "_build" / "html"
+BOOK = Path(__file__).resolve().parents[1] / "book"
+HTML = BOOK / "_build" / "html"
+TEXT_PAGES = ["intro", "method", "results", "reproduce"]
+ROLE = re.compile(r"\{glue(?::(\w+))?\}`([^`]+)`")
 
 pytestmark = pytest.mark.skipif(not os.environ.get("AALP_BOOK_BUILT"),
                                 reason="build the book first: make test-book")
@@ -33,10 +40,66 @@ def test_index_leads_to_the_introduction() -> None:
     assert 'url=intro.html' in page("index")
 
 
-@pytest.mark.parametrize("name", ["intro", "method", "results", "reproduce"])
+@pytest.mark.parametrize("name", TEXT_PAGES)
 def test_text_pages(name: str) -> None:
     text = page(name)
     assert "<h1" in text
+
+
+def _recorded(notebook: Path) -> dict[str, str]:
+    """The values a notebook glued: key -> its text/plain record."""
+    values = {}
+    for cell in json.loads(notebook.read_text())["cells"]:
+        for output in cell.get("outputs", []):
+            meta = output.get("metadata", {}).get("scrapbook")
+            if meta:
+                values[meta["name"]] = output["data"][meta["mime_prefix"] + "text/plain"]
+    return values
+
+
+def _rendered(text: str, spec: str) -> str:
+    """What a glued text/plain record looks like on the page: myst-nb's rule, written out independently."""
+    try:
+        value = literal_eval(text)
+    except (SyntaxError, ValueError):
+        value = text
+    if not spec:
+        return str(value)
+    kind = spec[-1]
+    value = str(value) if kind == "s" else int(value) if kind in "bcdoxX" else float(value) if kind in "eEfFgGn%" \
+        else value
+    return format(value, spec)
+
+
+def _roles(name: str) -> tuple[list[tuple[str, str]], Path | None]:
+    """The glue roles of a page's source, as (markdown, role content), and the page's own notebook."""
+    if name in TEXT_PAGES:
+        return [(m.group(0), m.group(2)) for m in ROLE.finditer((BOOK / f"{name}.md").read_text())], None
+    notebook = BOOK / "notebooks" / f"{name}.ipynb"
+    cells = json.loads(notebook.read_text())["cells"]
+    source = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    return [(m.group(0), m.group(2)) for m in ROLE.finditer(source)], notebook
+
+
+@pytest.mark.parametrize("name", TEXT_PAGES + [f"notebooks/{n}" for n in NOTEBOOKS])
+def test_every_glued_value_is_on_its_page(name: str) -> None:
+    """Each glue role of the page's source is resolved, and the value its notebook recorded is in the text."""
+    text = html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", page(name))))
+    text = text.translate(str.maketrans("‘’“”", "''\"\""))  # Sphinx's smart quotes
+    assert "{glue" not in text and "object at 0x" not in text, f"{name}: an unresolved glue role"
+    roles, own = _roles(name.removeprefix("notebooks/"))
+    recorded: dict[Path, dict[str, str]] = {}
+    for markdown, content in roles:
+        where, _, rest = content.rpartition("::")
+        notebook = BOOK / where if where else own
+        assert notebook is not None, f"{name}: {markdown} names no notebook"
+        key, _, spec = rest.partition(":")
+        values = recorded.setdefault(notebook, _recorded(notebook))
+        assert key in values, f"{name}: {markdown} glues {key!r}, which {notebook.name} never recorded"
+        shown = re.sub(r"\s+", " ", _rendered(values[key], spec))
+        assert shown in text, f"{name}: {markdown} should show {shown!r}"
+    if name == "results":
+        assert len(roles) >= 20, "the findings page glues almost nothing"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

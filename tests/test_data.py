@@ -139,10 +139,11 @@ def test_batch_is_float_in_unit_interval() -> None:
 
 
 def test_array_dataset_checks_types() -> None:
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(ValueError, match=r"got torch\.float32 \(2, 1, 2, 2\)"):  # the message names what it got
         ArrayDataset(torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.int64))
-    with pytest.raises(ValueError, match="int64"):
+    with pytest.raises(ValueError, match=r"and torch\.int64 \(3,\)"):
         ArrayDataset(torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64))
+    ArrayDataset(torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64))  # the valid case
 
 
 def test_subset_first_and_whole() -> None:

@@ -1,21 +1,29 @@
-"""Faults: concurrent runs of one configuration, corrupt or foreign cached results, hostile checkpoints,
-and no unsafe deserialisation anywhere in the package."""
+"""Faults: processes killed at every named point of :mod:`aalp.faults`, concurrent runs of one configuration,
+corrupt or foreign cached results, hostile checkpoints, and no unsafe deserialisation in the package.
+
+A kill lands where ``AALP_FAULT=<point>:<n>`` says, whatever the machine's speed, so every assertion after
+a kill is about the code. Kills at random moments are an extra on top (``test_sigkill_at_random_moments``),
+never the only evidence for a point."""
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from aalp.checkpoint import CheckpointError, load_checkpoint
+from aalp import faults
+from aalp.checkpoint import CheckpointError, load_checkpoint, read_metadata
 from aalp.config import profile
 from aalp.evaluate import eval_path, evaluate_run
-from aalp.train import read_history, run_dir, train
+from aalp.train import is_trained, load_run, read_history, run_dir, train
 
 from .conftest import mnist_model
 
@@ -103,94 +111,159 @@ def _strip(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds", "machine")} for r in history]
 
 
-def _kill_after_line(argv: list[str], marker: str, extra: float) -> bool:
-    """Start ``argv``, wait until it prints a line containing ``marker``, sleep ``extra`` seconds, SIGKILL it.
+def _kill_at(point: str, n: int, argv: list[str], record_fault) -> subprocess.CompletedProcess:
+    """Run ``argv`` with ``AALP_FAULT=point:n`` and check that it died there, by SIGKILL."""
+    env = {**os.environ, faults.ENV: f"{point}:{n}"}
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == -signal.SIGKILL, \
+        f"not killed at {point}:{n} (exit {done.returncode}): {done.stderr[-2000:]}"
+    record_fault(f"SIGKILL at {point}", point=point)
+    return done
 
-    Returns False when the process ended before the marker (nothing left to kill)."""
-    import time
 
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if marker in line:
-            time.sleep(extra)
-            proc.kill()
-            proc.wait()
-            return True
-    proc.wait()
-    return False
+def _run(argv: list[str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    first, second = load_run(a, "cpu")[0].state_dict(), load_run(b, "cpu")[0].state_dict()
+    assert list(first) == list(second)
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
+# 400 images in batches of 40: 10 batches an epoch. SGD and AALP (Guided Dropout draws random numbers).
+RESUME = ["data.train_size=400", "data.val_size=40", "batch_size=40", "attack.steps=2", "val_attack.steps=2",
+          "epochs=4", "optim.name=sgd"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
+    """The uninterrupted run that every killed-and-resumed run must end equal to."""
+    cfg = profile("smoke", "mnist", "aalp", RESUME).train
+    return train(cfg, runs_root=tmp_path_factory.mktemp("reference"), data_root=mnist_root, progress=False,
+                 log=lambda s: None)
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_then_resume(tmp_path: Path, mnist_root: Path, record_fault) -> None:
-    """Kill `train` five times at random moments after it reports progress (mid-epoch, during validation or a
-    checkpoint write); the rerun ends with the weights and metrics of an uninterrupted run."""
-    import random
+def test_kills_at_every_training_point_then_resume(tmp_path: Path, mnist_root: Path, reference_run: Path,
+                                                   record_fault) -> None:
+    """One run killed four times, each at a named point of the loop; after each kill exactly the epochs
+    that had finished are on disk and load, and the final rerun equals the uninterrupted run."""
+    argv = [sys.executable, "-m", "aalp", "train", "--method", "aalp", "--quiet", "--runs-dir", str(tmp_path),
+            "--data-dir", str(mnist_root), "--set", *RESUME]
+    cfg = profile("smoke", "mnist", "aalp", RESUME).train
+    directory = run_dir(cfg, tmp_path)
+    checkpoint = directory / "checkpoint.safetensors"
 
-    import torch
+    def epochs_on_disk() -> tuple[int, int]:
+        return len(read_history(directory)), len(read_metadata(checkpoint)["history"])
 
-    from aalp.train import load_run
-
-    overrides = ["data.train_size=400", "data.val_size=40", "batch_size=40", "attack.steps=2",
-                 "val_attack.steps=2", "epochs=8", "optim.name=sgd"]
-    argv = [sys.executable, "-u", "-m", "aalp", "train", "--method", "aalp", "--quiet", "--runs-dir",
-            str(tmp_path / "killed"), "--data-dir", str(mnist_root), "--set", *overrides]
-    cfg = profile("smoke", "mnist", "aalp", overrides).train
-    directory = run_dir(cfg, tmp_path / "killed")
-    rng = random.Random(0)
-    for target in range(1, 6):  # kill k: after epoch k was reported, at a random moment of the next one
-        assert _kill_after_line(argv, f"epoch {target}/8", rng.uniform(0.0, 1.5)), "training ended early"
-        record_fault("SIGKILL during training")
-        history = read_history(directory)
-        assert len(history) >= target
-        load_run(directory, "cpu")  # whatever was written is complete and loads
-    assert subprocess.run(argv, cwd=ROOT, capture_output=True).returncode == 0
-    reference = train(cfg, runs_root=tmp_path / "reference", data_root=mnist_root, progress=False,
-                      log=lambda s: None)
-    killed_model, _ = load_run(directory, "cpu")
-    reference_model, _ = load_run(reference, "cpu")
-    for (name, a), b in zip(killed_model.state_dict().items(), reference_model.state_dict().values()):
-        assert torch.equal(a, b), name
-    assert _strip(read_history(directory)) == _strip(read_history(reference))
+    _kill_at("train-batch", 13, argv, record_fault)  # batch 3 of epoch 2
+    assert epochs_on_disk() == (1, 1)
+    load_run(directory, "cpu")
+    _kill_at("checkpoint-tmp", 1, argv, record_fault)  # resumed: epoch 2's checkpoint not yet renamed
+    assert epochs_on_disk() == (1, 1), "a checkpoint counted before its rename"
+    assert list(directory.glob(".checkpoint.safetensors.*.tmp")), "the kill did not land before the rename"
+    _kill_at("checkpoint-saved", 1, argv, record_fault)  # epoch 2 in the checkpoint, not in metrics.jsonl
+    assert epochs_on_disk() == (1, 2)
+    assert not list(directory.glob(".*.tmp")), "the resumed process left the dead one's temporary file"
+    _kill_at("checkpoint-saved", 2, argv, record_fault)  # epochs 3 and 4: the last one's metrics line lost
+    assert epochs_on_disk() == (3, 4)
+    assert not is_trained(cfg, tmp_path)
+    rerun = _run(argv)
+    assert "already trained" in rerun.stdout, "the finished checkpoint was trained again"
+    assert is_trained(cfg, tmp_path)
+    _same_weights(directory, reference_run)
+    assert _strip(read_history(directory)) == _strip(read_history(reference_run))
     assert not list(directory.glob(".*.tmp")), "half-written files were left behind"
 
 
-def test_kill_between_checkpoint_and_metrics(tmp_path: Path, mnist_root: Path, record_fault) -> None:
-    """The last epoch's checkpoint was written but its metrics line was not: the run still completes."""
-    from aalp.train import is_trained
+@pytest.mark.slow
+def test_sigkill_at_random_moments(tmp_path: Path, mnist_root: Path, reference_run: Path, record_fault) -> None:
+    """An extra on top of the named points: up to five kills at random moments of a training run (wherever
+    they land: mid-epoch, in validation, in a checkpoint write). Whatever was written loads, and the rerun
+    equals the uninterrupted run. On a fast machine fewer kills may land before the run ends; every
+    assertion holds either way."""
+    import random
+    import time
 
-    cfg = profile("smoke", "mnist", "standard", TINY).train
-    directory = train(cfg, runs_root=tmp_path, data_root=mnist_root, progress=False, log=lambda s: None)
-    lines = (directory / "metrics.jsonl").read_text().splitlines()
-    (directory / "metrics.jsonl").write_text(lines[0] + "\n")
-    record_fault("metrics lost between checkpoint and metrics write")
-    assert not is_trained(cfg, tmp_path)
-    train(cfg, runs_root=tmp_path, data_root=mnist_root, progress=False, log=lambda s: None)
-    assert is_trained(cfg, tmp_path)
-    assert read_history(directory) == [json.loads(line) for line in lines]
+    argv = [sys.executable, "-u", "-m", "aalp", "train", "--method", "aalp", "--quiet", "--runs-dir",
+            str(tmp_path), "--data-dir", str(mnist_root), "--set", *RESUME]
+    directory = run_dir(profile("smoke", "mnist", "aalp", RESUME).train, tmp_path)
+    rng = random.Random(0)
+    for _ in range(5):
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("epoch "):  # an epoch ended: kill at a random moment of the next one
+                time.sleep(rng.uniform(0.0, 1.5))
+                proc.kill()
+                break
+        if proc.wait() == -signal.SIGKILL:
+            record_fault("SIGKILL at a random moment of training")
+            if (directory / "checkpoint.safetensors").exists():
+                load_run(directory, "cpu")  # whatever was written is complete and loads
+    _run(argv)
+    _same_weights(directory, reference_run)
+    assert _strip(read_history(directory)) == _strip(read_history(reference_run))
+    assert not list(directory.glob(".*.tmp")), "half-written files were left behind"
+
+
+EVAL_KILL = TINY + ["eval.n=60", "eval.pgd_steps=5", "eval.cw_steps=5", "eval.autoattack_n=20",
+                    "eval.autoattack_version=apgd"]
 
 
 @pytest.mark.slow
-def test_sigkill_during_evaluation_then_rerun(tmp_path: Path, mnist_root: Path, record_fault) -> None:
-    """Kill `evaluate` mid-way twice: no partial results file is ever left, and the rerun's results equal an
-    uninterrupted evaluation."""
-    overrides = TINY + ["eval.n=200", "eval.pgd_steps=40", "eval.cw_steps=40", "eval.autoattack_n=0"]
-    cfg = profile("smoke", "mnist", "standard", overrides)
+def test_kills_during_evaluation_then_rerun(tmp_path: Path, mnist_root: Path, record_fault) -> None:
+    """Evaluation killed after its first attack, after its second, and inside AutoAttack: no results file
+    is ever left, and the rerun's results equal an uninterrupted evaluation's."""
+    cfg = profile("smoke", "mnist", "standard", EVAL_KILL)
     for runs in ("killed", "reference"):
         train(cfg.train, runs_root=tmp_path / runs, data_root=mnist_root, progress=False, log=lambda s: None)
-    argv = [sys.executable, "-u", "-m", "aalp", "evaluate", "--method", "standard", "--quiet", "--runs-dir",
-            str(tmp_path / "killed"), "--data-dir", str(mnist_root), "--set", *overrides]
+    argv = [sys.executable, "-m", "aalp", "evaluate", "--method", "standard", "--quiet", "--runs-dir",
+            str(tmp_path / "killed"), "--data-dir", str(mnist_root), "--set", *EVAL_KILL]
     path = eval_path(run_dir(cfg.train, tmp_path / "killed"), cfg.eval)
-    for delay in (0.5, 1.5):  # after "evaluating …" is printed: in the middle of the attacks
-        assert _kill_after_line(argv, "evaluating", delay), "the evaluation ended before the kill"
-        record_fault("SIGKILL during evaluation")
-        assert not path.exists(), "a killed evaluation left a results file"
-    assert subprocess.run(argv, cwd=ROOT, capture_output=True).returncode == 0
+    for point, n in [("eval-attack", 1), ("eval-attack", 2), ("autoattack", 3)]:
+        _kill_at(point, n, argv, record_fault)
+        assert not path.exists(), f"an evaluation killed at {point}:{n} left a results file"
+        assert not list(path.parent.glob(f".{path.name}.*.tmp")), "a half-written results file was left"
+    _run(argv)
     reference = evaluate_run(run_dir(cfg.train, tmp_path / "reference"), cfg.eval, data_root=mnist_root,
                              log=lambda s: None)
     killed = json.loads(path.read_text())
-    drop = ("seconds", "run")
-    assert {k: v for k, v in killed.items() if k not in drop and k != "attacks"} == \
-        {k: v for k, v in reference.items() if k not in drop and k != "attacks"}
+    drop = ("seconds", "run", "attacks")
+    assert {k: v for k, v in killed.items() if k not in drop} == {k: v for k, v in reference.items() if k not in drop}
+    assert list(killed["attacks"]) == list(reference["attacks"])
     for name, attack in reference["attacks"].items():
         assert killed["attacks"][name]["robust"] == attack["robust"], name
+
+
+def test_every_fault_point_is_killed_at_by_this_suite() -> None:
+    source = Path(__file__).read_text()
+    here = source + (ROOT / "tests" / "test_reproduce.py").read_text()
+    missing = [p for p in faults.POINTS if f'"{p}"' not in here]
+    assert not missing, f"fault points no test kills at: {missing}"
+
+
+@pytest.mark.parametrize("spec", ["nowhere", "train-batch:0", "train-batch:x", "train-batch:-1", ":3"])
+def test_malformed_fault_spec_is_refused(spec: str, tmp_path: Path, record_fault) -> None:
+    record_fault("bad command-line input")
+    done = subprocess.run([sys.executable, "-m", "aalp", "train", "--runs-dir", str(tmp_path)], cwd=ROOT,
+                          env={**os.environ, faults.ENV: spec}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aalp: error: AALP_FAULT=") and "fix or unset" in lines[0]
+    assert not any(tmp_path.iterdir()), "something was written before the input was checked"
+
+
+def test_unarmed_and_other_points_do_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(faults.ENV, raising=False)
+    faults.reach("train-batch")
+    monkeypatch.setenv(faults.ENV, "checkpoint-tmp:1")
+    faults.reach("train-batch")  # another point: no kill (this process would die otherwise)
+    assert faults.armed() == ("checkpoint-tmp", 1)
+    with pytest.raises(KeyError, match="not a fault point"):
+        faults.reach("no-such-point")

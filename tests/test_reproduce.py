@@ -1,26 +1,34 @@
 """reproduce: executes with the profile injected, skips unchanged notebooks, keeps a failing notebook with
-its traceback and says which one failed; profiles keep separate results."""
+its traceback and says which one failed; profiles keep separate results; a kill during a notebook's
+execution or during the book build leaves nothing that counts as finished, and the rerun completes."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from aalp import faults
 from aalp.config import ConfigError
-from aalp.reproduce import NOTEBOOKS, NotebookFailed, reproduce
+from aalp.reproduce import NOTEBOOKS, NotebookFailed, build_book, reproduce, unfinished
 
 NAME = NOTEBOOKS[0]
+REPO = Path(__file__).resolve().parents[1]
 
 
-def write_notebook(path: Path, body: str, extra: str = "") -> None:
+def write_notebook(path: Path, body: str, extra: str = "", *more: str) -> None:
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell('profile = "smoke"\nroot = ".."' + extra)
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.cells = [params, nbformat.v4.new_code_cell(body), *map(nbformat.v4.new_code_cell, more)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
@@ -88,19 +96,98 @@ def test_bad_arguments(root: Path, kwargs: dict, match: str) -> None:
     assert not (root / "results").exists()
 
 
+def _reproduce_process(root: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    code = (f"from pathlib import Path; from aalp.reproduce import reproduce; "
+            f"reproduce('smoke', root=Path({str(root)!r}), only=[{NAME!r}])")
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO, env=env)
+
+
+def _wait_for(condition, what: str, limit: float = 120.0) -> None:
+    """Poll ``condition`` until it holds (the outcome never depends on the poll's period)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def _waits_on_a_lock(pid: int) -> bool:
+    """Whether process ``pid`` is blocked in flock (``/proc/locks`` lists blocked requests after ``->``)."""
+    for line in Path("/proc/locks").read_text().splitlines():
+        parts = line.split()
+        if "->" in parts and parts[parts.index("->") + 4] == str(pid):
+            return True
+    return False
+
+
 @pytest.mark.slow
 @pytest.mark.faults
 def test_two_reproduce_processes_execute_once(root: Path, record_fault) -> None:
+    """The second process starts while the first is inside the notebook and is seen blocked on the lock
+    before the first may finish: the notebook is executed once and reused once, in that order."""
     record_fault("concurrent reproduce processes", 2)
-    import subprocess
-    import sys
-
-    write_notebook(root / "notebooks" / f"{NAME}.ipynb", 'import time\ntime.sleep(2)\nprint("ran", profile)')
-    code = (f"from pathlib import Path; from aalp.reproduce import reproduce; "
-            f"reproduce('smoke', root=Path({str(root)!r}), only=[{NAME!r}])")
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).resolve().parents[1]) for _ in range(2)]
-    outs = [p.communicate(timeout=120)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0]
-    assert sum("executing" in o for o in outs) == 1 and sum("unchanged" in o for o in outs) == 1, outs
+    started, go = root / "started", root / "go"
+    write_notebook(root / "notebooks" / f"{NAME}.ipynb",
+                   f"import time\nfrom pathlib import Path\nPath({str(started)!r}).touch()\n"
+                   f"while not Path({str(go)!r}).exists():\n    time.sleep(0.05)\nprint('ran', profile)")
+    first = _reproduce_process(root)
+    _wait_for(started.exists, "the first process to execute the notebook")
+    second = _reproduce_process(root)
+    _wait_for(lambda: _waits_on_a_lock(second.pid), "the second process to wait on the notebook's lock")
+    go.touch()
+    outs = [p.communicate(timeout=120)[0] for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0]
+    assert "executing" in outs[0] and "unchanged" in outs[1], outs
     assert "ran smoke" in outputs(root / "results" / "smoke" / "notebooks" / f"{NAME}.ipynb")
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_kill_during_a_notebook_execution(root: Path, record_fault) -> None:
+    """Killed after the first body cell (cells: parameters, injected parameters, body, body): the notebook
+    of the previous execution is kept whole, nothing counts as finished, and the rerun executes it."""
+    notebook = root / "notebooks" / f"{NAME}.ipynb"
+    out = root / "results" / "smoke" / "notebooks" / f"{NAME}.ipynb"
+    write_notebook(notebook, 'print("old", profile)')
+    reproduce("smoke", root=root, only=[NAME], log=lambda s: None)
+    write_notebook(notebook, 'print("new one", profile)', "", 'print("new two")')
+    killed = _reproduce_process(root, {**os.environ, faults.ENV: "notebook-cell:3"})
+    killed.communicate(timeout=120)
+    assert killed.returncode == -signal.SIGKILL, "the kill did not land in the notebook's execution"
+    record_fault("SIGKILL at notebook-cell", point="notebook-cell")
+    assert "old smoke" in outputs(out), "the executed notebook was overwritten by a partial execution"
+    assert not out.with_suffix(".stamp").exists(), "a killed execution counts as finished"
+    assert NAME in unfinished("smoke", root)
+    rerun = _reproduce_process(root)
+    assert rerun.communicate(timeout=120)[0].count("executing") == 1 and rerun.returncode == 0
+    cells = nbformat.read(out, 4).cells
+    assert "new one smoke" in json.dumps(cells[-2].outputs) and "new two" in outputs(out)
+    assert out.with_suffix(".stamp").exists() and NAME not in unfinished("smoke", root)
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_kill_during_the_book_build(tmp_path: Path, record_fault) -> None:
+    """Killed after three of the six notebooks were copied into the book: the rerun builds every page."""
+    shutil.copytree(REPO / "book", tmp_path / "book", ignore=shutil.ignore_patterns("_build", "notebooks"))
+    shutil.copytree(REPO / "results" / "smoke" / "notebooks", tmp_path / "results" / "smoke" / "notebooks")
+    code = (f"from pathlib import Path; from aalp.reproduce import build_book; "
+            f"build_book('smoke', root=Path({str(tmp_path)!r}))")
+    killed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, faults.ENV: "book-build:3"}, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    record_fault("SIGKILL at book-build", point="book-build")
+    assert sorted(p.stem for p in (tmp_path / "book" / "notebooks").iterdir()) == sorted(NOTEBOOKS[:3])
+    index = build_book("smoke", root=tmp_path, log=lambda s: None)
+    html = index.parent
+    assert index.exists() and (html / "results.html").exists()
+    for name in NOTEBOOKS:
+        assert (html / "notebooks" / f"{name}.html").exists(), name
+
+
+def test_the_book_refuses_an_unfinished_notebook(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "results" / "smoke" / "notebooks", tmp_path / "results" / "smoke" / "notebooks")
+    (tmp_path / "results" / "smoke" / "notebooks" / f"{NOTEBOOKS[2]}.stamp").unlink()
+    with pytest.raises(ConfigError, match=f"no finished execution of {NOTEBOOKS[2]}"):
+        build_book("smoke", root=tmp_path, log=lambda s: None)
+    assert not (tmp_path / "book").exists()

@@ -107,7 +107,10 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     optimizer.step()
     path = tmp_path / "ckpt.safetensors"
     save_checkpoint(path, model, optimizer, {"history": [{"epoch": 1}]})
-    assert path.read_bytes()[:8] != b"\x80\x04\x95"  # not a pickle
+    raw = path.read_bytes()  # a safetensors file: 8-byte length, then a JSON header (no pickle, no zip)
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    assert {f"model.{k}" for k in model.state_dict()} <= header.keys()
+    assert json.loads(header["__metadata__"]["meta"]) == {"history": [{"epoch": 1}]}
     restored, opt2 = mnist_model("smallcnn", seed=1), None
     opt2 = torch.optim.Adam(restored.parameters(), lr=1e-3)
     meta = load_checkpoint(path, restored, opt2)
