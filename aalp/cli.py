@@ -60,6 +60,29 @@ def _selection(parser: argparse.ArgumentParser, several: bool = False) -> None:
     parser.add_argument("--data-dir", default="data", help="datasets (default: data/)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    if not several:
+        parser.add_argument("--processes", type=int, default=None, metavar="N",
+                            help="the run trained by N data-parallel processes under torchrun (its own run "
+                                 "directory, <hash>-pN; default: the processes this command runs in)")
+
+
+def _engine(parser: argparse.ArgumentParser, jobs_help: str) -> None:
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help=jobs_help)
+    parser.add_argument("--cluster", default=None, help="slurm (one job per unit through submitit) or local "
+                                                        "(submitit's local executor); replaces --jobs")
+    parser.add_argument("--slurm", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="submitit parameters, e.g. slurm_partition=cpu cpus_per_task=4 timeout_min=240")
+
+
+def _slurm(pairs: Sequence[str]) -> dict[str, object]:
+    """``key=value`` submitit parameters (integers where they parse as one)."""
+    parsed: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--slurm takes key=value pairs, got {pair!r}")
+        parsed[key] = int(value) if value.isdigit() else value
+    return parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +117,22 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--force", action="store_true", help="execute even unchanged notebooks")
     reproduce.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
                            help="use these seeds instead of the profile's (in the notebooks that take seeds)")
+    _engine(reproduce, "first train and evaluate the main table's units in N worker processes (default: 1, "
+                       "the notebooks train what they need one unit at a time)")
+    grid = commands.add_parser(
+        "grid", help="train and evaluate the main table's units in parallel lanes or as cluster jobs",
+        description="Train and evaluate every dataset × method × seed of a profile's main table that is not "
+                    "cached yet, into the profile's run cache (results/<profile>/runs by default), in N "
+                    "worker processes here or as Slurm jobs through submitit. Killed at any point, it "
+                    "continues where it stopped when run again.")
+    grid.add_argument("--profile", default="smoke", help="smoke | cpu | paper (default: smoke)")
+    grid.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="default: the profile's seeds")
+    grid.add_argument("--datasets", nargs="+", metavar="DATASET", help="default: the profile's datasets")
+    grid.add_argument("--methods", nargs="+", metavar="METHOD", help="default: every method")
+    grid.add_argument("--runs-dir", default=None, help="run cache (default: results/<profile>/runs)")
+    grid.add_argument("--data-dir", default=None, help="datasets (default: data/ of the repository)")
+    grid.add_argument("--quiet", action="store_true", help="no progress bar")
+    _engine(grid, "worker processes on this machine, each with cores / N torch threads (default: 1)")
     book = commands.add_parser(
         "book", help="build the Jupyter Book from a profile's executed notebooks",
         description="Copy results/<profile>/notebooks into book/ and run jupyter-book build -W "
@@ -120,6 +159,8 @@ def _check_names(args: argparse.Namespace) -> None:
             raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if args.profile not in PROFILES:
         raise ConfigError(f"unknown profile {args.profile!r}; choose one of {', '.join(PROFILES)}")
+    if getattr(args, "processes", None) is not None and args.processes < 1:
+        raise ConfigError(f"--processes must be an integer ≥ 1, got {args.processes}")
     if args.device == "auto":
         return
     try:
@@ -146,11 +187,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "data":
             fetch(args.names, args.root)
             return 0
+        if args.command == "grid":
+            from .grid import check, main_grid, run_grid
+            from .reproduce import ROOT, results_dir
+
+            check(args.profile, args.jobs, args.cluster)
+            units = main_grid(args.profile, seeds=args.seeds, datasets=args.datasets, methods=args.methods)
+            run_grid(args.profile, units, runs_dir=args.runs_dir or results_dir(args.profile) / "runs",
+                     data_dir=args.data_dir or ROOT / "data", jobs=args.jobs, cluster=args.cluster,
+                     slurm=_slurm(args.slurm), progress=not args.quiet)
+            return 0
         if args.command in ("reproduce", "book"):
             from .reproduce import NotebookFailed, build_book, default_book_profile, reproduce
             try:
                 if args.command == "reproduce":
-                    reproduce(args.profile, only=args.only, force=args.force, seeds=args.seeds)
+                    reproduce(args.profile, only=args.only, force=args.force, seeds=args.seeds,
+                              jobs=args.jobs, cluster=args.cluster, slurm=_slurm(args.slurm))
                 else:
                     build_book(args.profile or default_book_profile(), builder=args.builder)
             except NotebookFailed as err:
@@ -178,13 +230,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"several processes (WORLD_SIZE={os.environ['WORLD_SIZE']}) are supported for "
                               f"'train' only, not {args.command!r}")
 
+        processes = getattr(args, "processes", None) or distributed.requested_world_size()
+        if args.command == "train" and processes != distributed.requested_world_size():
+            raise ConfigError(f"--processes {processes} does not match the {distributed.requested_world_size()} "
+                              "process(es) this command runs in; start it with torchrun --nproc_per_node "
+                              f"{processes}, or leave --processes out")
         rows = []
         for method, seed, cfg in configs:
-            directory = run_dir(cfg.train, args.runs_dir)
+            directory = run_dir(cfg.train, args.runs_dir, processes)
             if args.command in ("train", "run"):
                 train(cfg.train, runs_root=args.runs_dir, data_root=args.data_dir, device=args.device,
                       progress=not args.quiet)
-            elif not is_trained(cfg.train, args.runs_dir):
+            elif not is_trained(cfg.train, args.runs_dir, processes):
                 raise ConfigError(f"{directory} is not trained yet; run 'python -m aalp train' with the "
                                   "same options first")
             if args.command in ("evaluate", "run"):

@@ -14,7 +14,8 @@ communication with the backward pass (one flattened buffer per step).
 
 Per-batch statistics — BatchNorm, and AALP's optional per-batch weight normalisation — are computed per
 shard, as under DDP without SyncBatchNorm. Random draws (PGD's random start, dropout masks) differ from a
-single-process run because each rank draws them for its own shard.
+single-process run because each rank draws them for its own shard: a run trained by N > 1 processes is
+therefore another run, in its own directory (:func:`aalp.train.run_dir`).
 """
 
 from __future__ import annotations
@@ -26,9 +27,14 @@ from torch import Tensor, nn
 from torch import distributed as dist
 
 
+def requested_world_size() -> int:
+    """The processes ``torchrun`` (or similar) started this one among (``WORLD_SIZE``; 1 without it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def requested() -> bool:
     """Whether this process was started by ``torchrun`` (or similar) with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return requested_world_size() > 1
 
 
 def setup(device: torch.device) -> torch.device:

@@ -23,7 +23,7 @@ from .attacks import eval_mode, fgsm, pgd
 from .checkpoint import CheckpointError, file_lock, write_json
 from .config import EvalConfig, config_hash, to_dict
 from .data import ArrayDataset, load_dataset, subset
-from .train import is_trained, load_run, read_history
+from .train import load_run, read_history
 
 AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
@@ -199,7 +199,7 @@ def _read_cached(path: Path, cfg: EvalConfig) -> dict[str, Any] | None:
 def _evaluate_locked(directory: Path, path: Path, cfg: EvalConfig, data_root: str | Path, device: str | None,
                      log: Callable[[str], None]) -> dict[str, Any]:
     model, train_cfg = load_run(directory, device)
-    if not is_trained(train_cfg, directory.parent):
+    if len(read_history(directory)) < train_cfg.epochs:
         raise RuntimeError(f"run {directory} has finished {len(read_history(directory))} of "
                            f"{train_cfg.epochs} epochs; train it first (python -m aalp train ...)")
     test = evaluation_set(train_cfg.data.dataset, cfg, data_root)

@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import faults
+from . import faults, grid
 from .checkpoint import file_lock
 from .config import PROFILES, ConfigError
 from .experiments import check_parameters
@@ -90,10 +90,13 @@ def input_hash(notebook: Path, params: dict[str, Any], root: Path = ROOT) -> str
 
 
 def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None, force: bool = False,
-              seeds: list[int] | None = None,
+              seeds: list[int] | None = None, jobs: int = 1, cluster: str | None = None,
+              slurm: dict[str, Any] | None = None,
               log: Callable[[str], None] = partial(print, flush=True)) -> list[Path]:
     """Execute the notebooks of ``profile`` in order (skipping unchanged ones); return the executed paths.
-    ``seeds`` replaces the profile's seeds in every notebook that takes a ``seeds`` parameter.
+    ``seeds`` replaces the profile's seeds in every notebook that takes a ``seeds`` parameter. With
+    ``jobs > 1`` or a ``cluster``, the main table's units are first trained and evaluated in parallel
+    (:func:`aalp.grid.run_grid`), so that the notebooks find them cached.
 
     Raises:
         NotebookFailed: a notebook raised; its executed copy (with the traceback) is kept.
@@ -105,6 +108,10 @@ def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None,
     if unknown:
         raise ConfigError(f"unknown notebook(s) {', '.join(unknown)}; choose from {', '.join(NOTEBOOKS)}")
     check_parameters(seeds=seeds)  # the notebooks' own check of the parameter
+    grid.check(profile, jobs, cluster)
+    if jobs > 1 or cluster is not None:
+        grid.run_grid(profile, grid.main_grid(profile, seeds=seeds), runs_dir=results_dir(profile, root) / "runs",
+                      data_dir=root / "data", jobs=jobs, cluster=cluster, slurm=slurm, log=log)
     out_dir = results_dir(profile, root) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = []

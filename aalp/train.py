@@ -170,9 +170,14 @@ def monitor(model: Classifier, val: ArrayDataset, attack: PGDConfig, batch_size:
     return {"val_clean_acc": totals["clean"] / len(val), "val_pgd_acc": totals["robust"] / len(val)}
 
 
-def run_dir(cfg: TrainConfig, runs_root: str | Path) -> Path:
-    """Where the run of ``cfg`` lives."""
-    return Path(runs_root) / config_hash(cfg)
+def run_dir(cfg: TrainConfig, runs_root: str | Path, processes: int = 1) -> Path:
+    """Where the run of ``cfg`` trained by ``processes`` data-parallel processes lives: ``<hash>``, or
+    ``<hash>-p<N>`` for N > 1. Under ``torchrun`` every process draws its own random starts and dropout
+    masks for its shard, so the world size changes the numbers (the weights differ by about 1e-3 after one
+    epoch of the cpu profile, ``benchmarks/README.md``): such a run is another run."""
+    if processes < 1:
+        raise ValueError(f"processes must be ≥ 1, got {processes}")
+    return Path(runs_root) / (config_hash(cfg) + (f"-p{processes}" if processes > 1 else ""))
 
 
 def read_history(directory: Path) -> list[dict[str, Any]]:
@@ -183,8 +188,8 @@ def read_history(directory: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def is_trained(cfg: TrainConfig, runs_root: str | Path) -> bool:
-    return len(read_history(run_dir(cfg, runs_root))) >= cfg.epochs
+def is_trained(cfg: TrainConfig, runs_root: str | Path, processes: int = 1) -> bool:
+    return len(read_history(run_dir(cfg, runs_root, processes))) >= cfg.epochs
 
 
 def train(cfg: TrainConfig, *, runs_root: str | Path = "runs", data_root: str | Path = "data",
@@ -206,7 +211,7 @@ def train(cfg: TrainConfig, *, runs_root: str | Path = "runs", data_root: str | 
     dev = distributed.setup(pick_device(device))  # joins the process group under torchrun
     train_data, val_data = load_data(cfg, data_root)  # fails before the run directory exists
     train_data, val_data = train_data.to(dev), val_data.to(dev)
-    directory = run_dir(cfg, runs_root)
+    directory = run_dir(cfg, runs_root, distributed.world_size())
     if not distributed.is_writer():
         progress, log = False, _silent
     # a second process on the same config waits, then reuses the run; under torchrun rank 0 holds the lock

@@ -18,14 +18,23 @@ What is measured (images per second of training, batch 128, PGD-10 training atta
   with the points it cannot break, so its robust accuracy is recorded beside it).
 - ``precision``: bf16 autocast against float32 — throughput, and the success of the same PGD-20 attack
   on the same model in both precisions (an attack weakened by rounding would overstate robustness).
+- ``grid`` (``--only grid`` measures this section alone and keeps the others): units per hour of
+  ``aalp.grid.run_grid`` on the same short cpu-profile units (train + evaluate), ``jobs=1`` (one process,
+  all cores) against ``jobs=2`` (two lanes, one thread each), alternating A B B A in fresh run caches, with
+  the per-unit results of both sides compared; and one unit trained by one process with 2 threads
+  against two 1-thread processes under ``torchrun``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -44,7 +53,8 @@ from aalp.attacks import PGDConfig, pgd  # noqa: E402
 from aalp.data import DATASETS, ArrayDataset, load_dataset  # noqa: E402
 from aalp.methods import make_method  # noqa: E402
 from aalp.models import build_model  # noqa: E402
-from aalp.train import machine, train_one_epoch, warmup_attack  # noqa: E402
+from aalp.grid import Unit, run_grid  # noqa: E402
+from aalp.train import machine, read_history, train_one_epoch, warmup_attack  # noqa: E402
 
 METHODS = ("standard", "pgd-at", "alp", "trades", "mart", "aalp")
 MODELS = {"fast-cnn": "mnist", "smallcnn": "mnist", "madry-cnn": "mnist", "preact-resnet18": "cifar10"}
@@ -255,6 +265,14 @@ PROFILES: dict[str, dict[str, object]] = {
     "quick": {"models": {"fast-cnn": (1, 2)}, "train_batches": 4, "aa_images": 8, "attack_images": 16,
               "pgd_repeats": 2},
 }
+GRID: dict[str, dict[str, object]] = {
+    # short cpu-profile units (fast-cnn, PGD-10 training, full cpu evaluation attacks on a subset)
+    "full": {"units": 6, "overrides": ("data.train_size=6000", "epochs=1", "eval.n=1000",
+                                       "eval.autoattack_n=0"), "repeats": 2, "torchrun_train_size": 12000},
+    "quick": {"units": 2, "overrides": ("data.train_size=200", "data.val_size=40", "epochs=1", "eval.n=40",
+                                        "eval.autoattack_n=0", "eval.pgd_steps=2", "eval.pgd_restarts=1"),
+              "repeats": 1, "torchrun_train_size": 200},
+}
 TARGET_AALP, TARGET_REFERENCE = 1.05, 1.25
 """AALP step time / ALP step time at most this; our PGD-AT images/s / the reference loop's at least this."""
 SLOW = ("preact-resnet18",)
@@ -283,8 +301,70 @@ def run(profile: str, data_root: Path, out: Path, readme: Path | None, batch: in
     result["eval"] = eval_throughput(model, test, batch, steps, p["pgd_repeats"], p["aa_images"])
     result["precision"] = precision(model, test, "fast-cnn" if profile == "quick" else "smallcnn", batch,
                                     steps, 1, p["attack_images"])
+    print("[bench] grid: --jobs 1 against --jobs 2, and torchrun", flush=True)
+    result["grid"] = {"date": result["date"], "machine": machine(), **grid_throughput(profile, data_root)}
     write(result, out, readme)
     return result
+
+
+def grid_units(profile: str) -> list[Unit]:
+    g = GRID[profile]
+    methods = ("pgd-at", "alp", "trades", "mart", "aalp", "standard")
+    return [Unit("mnist", methods[i % len(methods)], i // len(methods), tuple(g["overrides"]))
+            for i in range(g["units"])]
+
+
+def grid_throughput(profile: str, data_root: Path) -> dict[str, object]:
+    """Units per hour of ``run_grid`` with ``jobs=1`` (all cores) and ``jobs=2`` (1 thread each), same units,
+    fresh run caches, sides alternating A B B A; and whether the per-unit results agree."""
+    units, repeats = grid_units(profile), GRID[profile]["repeats"]
+    rates: dict[str, list[float]] = {"jobs1": [], "jobs2": []}
+    summaries: dict[str, list[dict[str, object]]] = {}
+    order = [side for r in range(repeats) for side in (("jobs1", "jobs2") if r % 2 == 0 else ("jobs2", "jobs1"))]
+    for side in order:
+        runs = Path(tempfile.mkdtemp(prefix=f"aalp-bench-{side}-"))
+        try:
+            started = time.perf_counter()
+            summaries[side] = run_grid("cpu", units, runs_dir=runs, data_dir=data_root, jobs=int(side[-1]),
+                                       progress=False, log=lambda s: None)
+            rates[side].append(len(units) / (time.perf_counter() - started) * 3600)
+        finally:
+            shutil.rmtree(runs, ignore_errors=True)
+    a, b = summaries["jobs1"], summaries["jobs2"]
+    same_bits = sum(x["robust"] == y["robust"] for x, y in zip(a, b))
+    worst_gap = max(abs(x["worst_case"] - y["worst_case"]) for x, y in zip(a, b))
+    return {"units": [str(u) for u in units], "cores": len(os.sched_getaffinity(0)),
+            "units_per_hour": {side: summary(r) for side, r in rates.items()},
+            "speedup_jobs2_over_jobs1": statistics.median(rates["jobs2"]) / statistics.median(rates["jobs1"]),
+            "identical_units": same_bits, "max_worst_case_gap": worst_gap,
+            "torchrun": torchrun_comparison(profile, data_root)}
+
+
+def torchrun_comparison(profile: str, data_root: Path) -> dict[str, float]:
+    """Seconds of one epoch of one PGD-AT unit: one process with 2 threads, against two 1-thread processes
+    under torchrun (gloo), each in a fresh run cache; and the largest weight difference between the two."""
+    from aalp.train import load_run
+
+    overrides = ["model=fast-cnn", f"data.train_size={GRID[profile]['torchrun_train_size']}", "epochs=1"]
+    seconds, directories = {}, {}
+    base = Path(tempfile.mkdtemp(prefix="aalp-bench-torchrun-"))
+    try:
+        for side, launcher, threads in [("one_process_2_threads", [sys.executable], "2"),
+                                        ("torchrun_2x1_thread", [sys.executable, "-m", "torch.distributed.run",
+                                                                 "--standalone", "--nproc_per_node", "2"], "1")]:
+            env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
+                   "OMP_NUM_THREADS": threads}
+            subprocess.run([*launcher, "-m", "aalp", "train", "--profile", "cpu", "--method", "pgd-at", "--quiet",
+                            "--runs-dir", str(base / side), "--data-dir", str(data_root), "--set", *overrides],
+                           cwd=ROOT, env=env, check=True, capture_output=True)
+            (directories[side],) = (base / side).iterdir()
+            seconds[side] = read_history(directories[side])[0]["train_seconds"]
+        first, second = (load_run(d, "cpu")[0].state_dict() for d in directories.values())
+        gap = max((first[k].float() - second[k].float()).abs().max().item() for k in first)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return {**seconds, "speedup": seconds["one_process_2_threads"] / seconds["torchrun_2x1_thread"],
+            "max_weight_gap": gap, "train_size": GRID[profile]["torchrun_train_size"]}
 
 
 def _num(value: float) -> str:
@@ -338,6 +418,18 @@ def table(result: dict[str, object]) -> str:
                   f"{pgd_key.split('_')[0].upper()} {e[pgd_key]['median']:.0f} images/s; AutoAttack standard "
                   f"{aa['images']} images in {aa['seconds']:.1f} s ({aa['images_per_s']:.1f} images/s) at clean "
                   f"{aa['clean_accuracy']:.1%} / robust {aa['robust_accuracy']:.1%}."]
+    if "grid" in result:
+        g = result["grid"]
+        u, t = g["units_per_hour"], g["torchrun"]
+        lines += ["", f"Grid (measured {g['date']}, {g['cores']} cores, {len(g['units'])} short cpu-profile units "
+                  f"of train + evaluate, A B B A): `--jobs 1` (one process, {g['cores']} threads) "
+                  f"{_spread(u['jobs1'])} units/h, `--jobs 2` (two lanes, 1 thread each) {_spread(u['jobs2'])} "
+                  f"units/h: **{g['speedup_jobs2_over_jobs1']:.2f}×** (target ≥ 1.2). Per-unit results identical "
+                  f"on {g['identical_units']} of {len(g['units'])} units (largest worst-case gap "
+                  f"{g['max_worst_case_gap']:.2%}). One unit ({t['train_size']} images, 1 epoch): one process "
+                  f"with 2 threads {t['one_process_2_threads']:.1f} s, torchrun 2 × 1 thread "
+                  f"{t['torchrun_2x1_thread']:.1f} s ({t['speedup']:.2f}×; largest weight difference "
+                  f"{t['max_weight_gap']:.1e})."]
     if "precision" in result:
         p = result["precision"]
         lines += ["", f"bf16 autocast vs float32 ({p['model']} PGD-AT training): "
@@ -367,11 +459,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
     parser.add_argument("--out", type=Path, default=None, help="JSON (default: benchmarks/results.json)")
     parser.add_argument("--no-readme", action="store_true", help="leave benchmarks/README.md alone")
+    parser.add_argument("--only", choices=["grid"], help="measure this section alone; keep the others in --out")
     args = parser.parse_args(argv)
     profile = "quick" if args.quick else "full"
     out = args.out or Path(__file__).resolve().parent / ("results-quick.json" if args.quick else "results.json")
     readme = None if args.no_readme or args.quick else Path(__file__).resolve().parent / "README.md"
-    result = run(profile, args.data_dir, out, readme)
+    if args.only == "grid":
+        if not out.exists():
+            parser.error(f"--only grid keeps the other sections of {out}, which does not exist; run the whole "
+                         "benchmark first")
+        result = json.loads(out.read_text())
+        result["grid"] = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
+                          **grid_throughput(profile, args.data_dir)}
+        write(result, out, readme)
+    else:
+        result = run(profile, args.data_dir, out, readme)
     print(table(result))
 
 

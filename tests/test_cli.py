@@ -95,6 +95,8 @@ BAD_INPUTS = [
     (["data"], "data_command"),            # missing data subcommand
     (["data", "fetch", "nope"], "nope"),   # unknown dataset to fetch
     (["data", "fetch"], "DATASET"),
+    (["evaluate", "--processes", "0"], "processes must be an integer ≥ 1"),
+    (["train", "--processes", "2"], "does not match the 1 process(es)"),
 ]
 
 

@@ -41,7 +41,7 @@ def _train(runs: Path, data_root: Path, processes: int) -> Path:
 def test_two_gloo_processes_match_one(tmp_path: Path, mnist_root: Path) -> None:
     one = _train(tmp_path / "one", mnist_root, 1)
     two = _train(tmp_path / "two", mnist_root, 2)
-    assert one.name == two.name  # the same configuration, so the same run hash
+    assert two.name == f"{one.name}-p2"  # the same configuration; the world size is part of the run's identity
     a, b = load_run(one)[0].state_dict(), load_run(two)[0].state_dict()
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     assert diff < TOLERANCE

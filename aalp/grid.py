@@ -1,0 +1,188 @@
+"""Run a grid of independent units in parallel: worker processes on this machine, or jobs on a cluster.
+
+A *unit* is one configuration of a profile (dataset, method, seed, overrides), trained and evaluated into
+the profile's run cache. Units share nothing but that cache, whose per-run file locks
+(:func:`aalp.checkpoint.file_lock`) make sure no unit is trained or evaluated twice, whichever process or
+machine asks first; a killed unit resumes from its last finished epoch. So a grid can be killed at any point
+and run again, and it continues.
+
+Two engines, both existing ones:
+
+- ``jobs=N`` (lanes on one machine): :class:`concurrent.futures.ProcessPoolExecutor` with N worker
+  processes, each with ``cores // N`` torch threads. On 2 cores two 1-thread lanes do more units per hour
+  than one 2-thread process, because the small convolutions of the cpu profile do not scale across two
+  threads (``benchmarks/README.md``).
+- ``cluster="slurm"``: one Slurm job per unit through submitit (``cluster="local"`` runs the same jobs as
+  local processes through submitit's local executor, which the tests use). The run cache must be on a
+  filesystem that every node sees and that supports ``flock`` (NFSv4, Lustre, GPFS and BeeGFS do; NFSv3
+  only with a lock daemon).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import PROFILES, ConfigError, RunConfig, profile as profile_config
+from .data import DATASETS
+from .evaluate import eval_path, evaluate_run
+from .experiments import EXPERIMENT_DEFAULTS
+from .methods import METHODS
+from .train import is_trained, run_dir, train
+
+CLUSTERS = ("local", "slurm")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One configuration of a profile: ``profile(dataset, method, overrides + [seed=seed])``."""
+
+    dataset: str
+    method: str
+    seed: int
+    overrides: tuple[str, ...] = ()
+
+    def config(self, profile: str) -> RunConfig:
+        return profile_config(profile, self.dataset, self.method, [*self.overrides, f"seed={self.seed}"])
+
+    def __str__(self) -> str:
+        return " ".join([self.method, self.dataset, f"seed {self.seed}", *self.overrides])
+
+
+def main_grid(profile: str, *, seeds: Sequence[int] | None = None, datasets: Sequence[str] | None = None,
+              methods: Sequence[str] | None = None) -> list[Unit]:
+    """The units of ``profile``'s main table: every dataset × method × seed (the profile's by default)."""
+    check(profile)
+    defaults = EXPERIMENT_DEFAULTS[profile]
+    seeds = list(defaults["seeds"] if seeds is None else seeds)
+    datasets = list(defaults["datasets"] if datasets is None else datasets)
+    methods = list(METHODS if methods is None else methods)
+    bad = ([f"dataset {d!r}" for d in datasets if d not in DATASETS]
+           + [f"method {m!r}" for m in methods if m not in METHODS]
+           + [f"seed {s!r}" for s in seeds if not isinstance(s, int) or isinstance(s, bool) or s < 0])
+    if bad or not (seeds and datasets and methods):
+        raise ConfigError(f"the grid needs at least one known dataset, method and seed ≥ 0; got "
+                          f"{', '.join(bad) or 'an empty list'} (datasets: {', '.join(DATASETS)}; "
+                          f"methods: {', '.join(METHODS)})")
+    return [Unit(d, m, s) for d in datasets for m in methods for s in seeds]
+
+
+def check(profile: str, jobs: int = 1, cluster: str | None = None) -> None:
+    """Refuse a bad profile, job count or cluster before any compute (:class:`ConfigError`)."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ConfigError(f"--jobs must be an integer ≥ 1, got {jobs!r}")
+    if cluster is not None and cluster not in CLUSTERS:
+        raise ConfigError(f"unknown cluster {cluster!r}; choose one of {', '.join(CLUSTERS)}")
+
+
+def is_done(profile: str, unit: Unit, runs_dir: Path) -> bool:
+    """Whether ``unit`` is trained and evaluated in ``runs_dir`` (nothing left to compute)."""
+    cfg = unit.config(profile)
+    return is_trained(cfg.train, runs_dir) and eval_path(run_dir(cfg.train, runs_dir), cfg.eval).exists()
+
+
+def run_unit(profile: str, unit: Unit, runs_dir: str | Path, data_dir: str | Path,
+             threads: int | None = None) -> dict[str, Any]:
+    """Train and evaluate ``unit`` (each only if not cached) with ``threads`` torch threads; return a
+    summary: the run hash, clean and worst-case accuracy, and the per-image worst-case bits."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    cfg = unit.config(profile)
+    silent: Callable[[str], None] = lambda message: None  # noqa: E731 - the grid's display reports units
+    directory = train(cfg.train, runs_root=runs_dir, data_root=data_dir, progress=False, log=silent)
+    results = evaluate_run(run_dir(cfg.train, runs_dir), cfg.eval, data_root=data_dir, log=silent)
+    return {"unit": str(unit), "run": directory.name, "clean": results["attacks"]["clean"]["accuracy"],
+            "worst_case": results["worst_case"]["accuracy"], "robust": results["worst_case"]["robust"]}
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _executor(jobs: int, cluster: str | None, folder: Path, slurm: dict[str, Any]) -> Any:
+    """An object with ``submit(fn, *args)`` whose results have ``done()`` and ``result()``."""
+    if cluster is None:
+        return ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+    import submitit
+
+    executor = (submitit.LocalExecutor(folder=folder) if cluster == "local"
+                else submitit.AutoExecutor(folder=folder, cluster="slurm"))
+    executor.update_parameters(timeout_min=slurm.pop("timeout_min", 240), **slurm)
+    return executor
+
+
+def run_grid(profile: str, units: Sequence[Unit], *, runs_dir: str | Path, data_dir: str | Path = "data",
+             jobs: int = 1, cluster: str | None = None, threads: int | None = None,
+             cluster_folder: str | Path | None = None, slurm: dict[str, Any] | None = None,
+             progress: bool = True, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Train and evaluate every unit not yet done, ``jobs`` at a time (or as cluster jobs); return the
+    summaries (:func:`run_unit`) of all units, in the order given.
+
+    Args:
+        threads: torch threads per worker; default ``cores // jobs`` (at least 1) on this machine, and
+            the cores Slurm gives each job (``slurm={"cpus_per_task": …}``) on a cluster.
+        cluster: ``None`` (worker processes here), ``"slurm"``, or ``"local"`` (submitit's local executor).
+        cluster_folder: where submitit keeps job scripts and logs (default: ``<runs_dir>/../submitit``).
+        slurm: extra submitit parameters, e.g. ``{"slurm_partition": "cpu", "cpus_per_task": 4}``.
+    """
+    check(profile, jobs, cluster)
+    runs_dir, data_dir = Path(runs_dir), Path(data_dir)
+    unique = list(dict.fromkeys(units))
+    for unit in unique:
+        unit.config(profile)  # every configuration is valid before anything runs
+    if threads is None and cluster is None:
+        threads = max(1, _cores() // jobs)
+    write = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    todo = [u for u in unique if not is_done(profile, u, runs_dir)]
+    write(f"grid {profile}: {len(unique)} units, {len(unique) - len(todo)} done, {len(todo)} to run "
+          + (f"in {jobs} lane(s) × {threads} thread(s)" if cluster is None else f"as {cluster} jobs"))
+    if todo:
+        folder = Path(cluster_folder) if cluster_folder else runs_dir.parent / "submitit"
+        executor = _executor(jobs, cluster, folder, dict(slurm or {}))
+        try:
+            _wait(executor, todo, len(unique), profile, runs_dir, data_dir, threads, progress, write)
+        finally:
+            if cluster is None:
+                executor.shutdown(cancel_futures=True)
+    return [run_unit(profile, u, runs_dir, data_dir) for u in units]  # all cached now: reads only
+
+
+def _running(job: Any) -> bool:
+    """Whether a submitted unit is running: a :class:`~concurrent.futures.Future` or a submitit job."""
+    return job.running() if hasattr(job, "running") else getattr(job, "state", "") == "RUNNING"
+
+
+def _wait(executor: Any, todo: list[Unit], total: int, profile: str, runs_dir: Path, data_dir: Path,
+          threads: int | None, progress: bool, write: Callable[[str], None]) -> None:
+    """Submit ``todo`` and show done / running / left with an ETA until every unit finished."""
+    from tqdm import tqdm
+
+    started = time.monotonic()
+    pending = {executor.submit(run_unit, profile, u, runs_dir, data_dir, threads): u for u in todo}
+    bar = tqdm(total=total, initial=total - len(todo), desc="units", unit="unit", disable=not progress,
+               file=sys.stderr)
+    try:
+        while pending:
+            finished = [f for f in pending if f.done()]
+            for future in finished:
+                unit = pending.pop(future)
+                summary = future.result()  # a unit that raised stops the grid with its error
+                bar.update(1)
+                write(f"done {unit}: clean {summary['clean']:.1%}, worst case {summary['worst_case']:.1%} "
+                      f"({(time.monotonic() - started) / 60:.1f} min into the grid)")
+            bar.set_postfix(running=sum(map(_running, pending)), left=len(pending))
+            if pending and not finished:
+                time.sleep(0.5)  # polling period only: no outcome depends on it
+    finally:
+        bar.close()
