@@ -58,11 +58,6 @@ def objective(loss: LossName, y: Tensor, targeted: bool) -> Objective:
     raise ValueError(f"unknown attack loss {loss!r}; choose 'ce' or 'cw'")
 
 
-def project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
-    """Euclidean projection onto ``B_∞(x, ε) ∩ [0, 1]^n``."""
-    return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
-
-
 def _check(x: Tensor, eps: float, steps: int = 1, step_size: float = 1.0, restarts: int = 1) -> None:
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"eps must be in [0, 1] for inputs in [0, 1], got {eps}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .attacks import eval_mode
 from .models import Classifier
 
 
@@ -36,12 +37,9 @@ def feature_contribution(features: Tensor, weight: Tensor, y: Tensor) -> Tensor:
 @torch.no_grad()
 def model_contributions(model: Classifier, x: Tensor, y: Tensor, batch_size: int = 500) -> Tensor:
     """Penultimate-feature contributions ``(N, d)`` of ``model`` (eval mode, restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    out = torch.cat([feature_contribution(model.features(x[i:i + batch_size]), model.head.weight,
-                                          y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-    model.train(was_training)
-    return out
+    with eval_mode(model):
+        return torch.cat([feature_contribution(model.features(x[i:i + batch_size]), model.head.weight,
+                                               y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def channel_contribution(model: Classifier, x: Tensor, y: Tensor, batch_size: int = 250) -> Tensor:
@@ -52,20 +50,18 @@ def channel_contribution(model: Classifier, x: Tensor, y: Tensor, batch_size: in
         raise ValueError("the model has no convolution")
     captured: list[Tensor] = []
     hook = convs[-1].register_forward_hook(lambda module, inputs, output: captured.append(output))
-    was_training = model.training
-    model.eval()
     out = []
     try:
-        for i in range(0, len(x), batch_size):
-            captured.clear()
-            with torch.enable_grad():
-                logits = model(x[i:i + batch_size])
-                target = logits.gather(1, y[i:i + batch_size, None]).sum()
-                (grad,) = torch.autograd.grad(target, captured[0])
-            out.append((captured[0].detach() * grad).sum((2, 3)))
+        with eval_mode(model):
+            for i in range(0, len(x), batch_size):
+                captured.clear()
+                with torch.enable_grad():
+                    logits = model(x[i:i + batch_size])
+                    target = logits.gather(1, y[i:i + batch_size, None]).sum()
+                    (grad,) = torch.autograd.grad(target, captured[0])
+                out.append((captured[0].detach() * grad).sum((2, 3)))
     finally:
         hook.remove()
-        model.train(was_training)
     return torch.cat(out)
 
 

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from . import __version__, distributed, faults
-from .attacks import PGDConfig, pgd
+from .attacks import PGDConfig, eval_mode, pgd
 from .checkpoint import atomic_write, file_lock, load_checkpoint, read_metadata, save_checkpoint, write_json
 from .config import OptimConfig, TrainConfig, config_hash, to_dict, train_config_from_dict
 from .data import DATASETS, ArrayDataset, load_dataset, subset
@@ -156,16 +156,14 @@ def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float
 
 def monitor(model: Classifier, val: ArrayDataset, attack: PGDConfig, batch_size: int = 500) -> dict[str, float]:
     """Clean and PGD accuracy on the validation subset (model in eval mode, restored afterwards)."""
-    was_training = model.training
-    model.eval()
     clean = robust = 0.0
     mine = distributed.shard(torch.arange(len(val)))  # under torchrun each rank attacks its share
-    for start in range(0, len(mine), batch_size):
-        x, y = val.batch(mine[start:start + batch_size].to(val.labels.device))
-        x_adv = pgd(model, x, y, attack.eps, step_size=attack.step_size, steps=attack.steps)
-        clean += _accuracy(model, x, y) * len(y)
-        robust += _accuracy(model, x_adv, y) * len(y)
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(mine), batch_size):
+            x, y = val.batch(mine[start:start + batch_size].to(val.labels.device))
+            x_adv = pgd(model, x, y, attack.eps, step_size=attack.step_size, steps=attack.steps)
+            clean += _accuracy(model, x, y) * len(y)
+            robust += _accuracy(model, x_adv, y) * len(y)
     totals = distributed.reduce_sums({"clean": clean, "robust": robust}, val.labels.device)
     return {"val_clean_acc": totals["clean"] / len(val), "val_pgd_acc": totals["robust"] / len(val)}
 

@@ -45,6 +45,18 @@ def test_contributions_sum_to_the_logit_and_channels_cover_the_conv() -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_contributions_restore_every_submodules_mode() -> None:
+    """Both measures run in eval mode and give back each submodule's own mode, as the attacks do."""
+    model = mnist_model("smallcnn").train()
+    frozen = next(m for m in model.modules() if isinstance(m, torch.nn.Dropout)).eval()  # one kept in eval
+    before = [m.training for m in model.modules()]
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    first = model_contributions(model, x, y)
+    assert torch.equal(first, model_contributions(model, x, y)), "dropout was active: not in eval mode"
+    channel_contribution(model, x, y)
+    assert [m.training for m in model.modules()] == before and not frozen.training
+
+
 def test_per_sample_parts_restores_mode_and_covers_every_sample() -> None:
     model = mnist_model().train()
     data = ArrayDataset(torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8), torch.arange(10))

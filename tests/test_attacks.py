@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from aalp.attacks import PGDConfig, cw_margin, fgsm, pgd, project, trades_kl
+from aalp.attacks import PGDConfig, cw_margin, fgsm, pgd, trades_kl
 
 EPS = 0.3
 
@@ -124,12 +124,6 @@ def test_cw_margin() -> None:
     logits = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 1.0]])
     y = torch.tensor([0, 2])
     assert torch.allclose(cw_margin(logits, y), torch.tensor([-1.0, 4.0]))
-
-
-def test_project() -> None:
-    x = torch.tensor([0.0, 0.5, 1.0])
-    out = project(torch.tensor([-1.0, 0.95, 0.2]), x, 0.3)
-    assert torch.allclose(out, torch.tensor([0.0, 0.8, 0.7]))
 
 
 def test_zero_eps_returns_input(model: nn.Module, batch: tuple[Tensor, Tensor]) -> None:
