@@ -18,7 +18,7 @@ import torch
 
 from . import faults
 from .checkpoint import CheckpointError
-from .config import EPS, PROFILES, ConfigError, RunConfig, config_hash, profile, to_dict
+from .config import EPS, ConfigError, RunConfig, check_profile, config_hash, profile, to_dict
 from .data import DATASETS, DataError, fetch
 from .methods import METHODS
 from .models import MODELS
@@ -157,8 +157,7 @@ def _check_names(args: argparse.Namespace) -> None:
     for method in methods:
         if method not in METHODS:
             raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if args.profile not in PROFILES:
-        raise ConfigError(f"unknown profile {args.profile!r}; choose one of {', '.join(PROFILES)}")
+    check_profile(args.profile)
     if getattr(args, "processes", None) is not None and args.processes < 1:
         raise ConfigError(f"--processes must be an integer ≥ 1, got {args.processes}")
     if args.device == "auto":

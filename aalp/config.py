@@ -207,6 +207,12 @@ def _method_defaults(method: str, dataset: str) -> dict[str, Any]:
     return {}
 
 
+def check_profile(name: object) -> None:
+    """Refuse an unknown profile name (:class:`ConfigError` naming the choices)."""
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+
+
 def profile(name: str, dataset: str = "mnist", method: str = "aalp",
             overrides: typing.Iterable[str] = ()) -> RunConfig:
     """The run configuration of profile ``name`` for ``dataset`` and ``method``, then ``overrides``.
@@ -217,8 +223,7 @@ def profile(name: str, dataset: str = "mnist", method: str = "aalp",
     ``paper`` follows the usual published settings (PGD-40 on MNIST; PGD-10, SGD 0.1 and step decay on
     CIFAR-10 / SVHN).
     """
-    if name not in PROFILES:
-        raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    check_profile(name)
     if dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if method not in METHODS:

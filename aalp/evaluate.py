@@ -199,8 +199,9 @@ def _read_cached(path: Path, cfg: EvalConfig) -> dict[str, Any] | None:
 def _evaluate_locked(directory: Path, path: Path, cfg: EvalConfig, data_root: str | Path, device: str | None,
                      log: Callable[[str], None]) -> dict[str, Any]:
     model, train_cfg = load_run(directory, device)
-    if len(read_history(directory)) < train_cfg.epochs:
-        raise RuntimeError(f"run {directory} has finished {len(read_history(directory))} of "
+    finished = len(read_history(directory))
+    if finished < train_cfg.epochs:
+        raise RuntimeError(f"run {directory} has finished {finished} of "
                            f"{train_cfg.epochs} epochs; train it first (python -m aalp train ...)")
     test = evaluation_set(train_cfg.data.dataset, cfg, data_root)
     x, y = test.to(next(model.parameters()).device).tensors()

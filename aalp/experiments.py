@@ -21,7 +21,7 @@ import torch
 
 from .audit import cached_audit
 from .checkpoint import write_json
-from .config import PROFILES, ConfigError, RunConfig, profile as profile_config
+from .config import ConfigError, RunConfig, check_profile, profile as profile_config
 from .data import DATASETS
 from .methods import METHODS
 from .data import ArrayDataset, load_dataset, subset
@@ -151,8 +151,7 @@ class Study:
     root: Path
 
     def __post_init__(self) -> None:
-        if self.profile not in PROFILES:
-            raise ConfigError(f"unknown profile {self.profile!r}; choose one of {', '.join(PROFILES)}")
+        check_profile(self.profile)
         self.root = Path(self.root).resolve()
 
     @property

@@ -32,10 +32,9 @@ from typing import Any
 
 import torch
 
-from .config import PROFILES, ConfigError, RunConfig, profile as profile_config
-from .data import DATASETS
+from .config import ConfigError, RunConfig, check_profile, profile as profile_config
 from .evaluate import eval_path, evaluate_run
-from .experiments import EXPERIMENT_DEFAULTS
+from .experiments import EXPERIMENT_DEFAULTS, check_parameters
 from .methods import METHODS
 from .train import is_trained, run_dir, train
 
@@ -66,20 +65,13 @@ def main_grid(profile: str, *, seeds: Sequence[int] | None = None, datasets: Seq
     seeds = list(defaults["seeds"] if seeds is None else seeds)
     datasets = list(defaults["datasets"] if datasets is None else datasets)
     methods = list(METHODS if methods is None else methods)
-    bad = ([f"dataset {d!r}" for d in datasets if d not in DATASETS]
-           + [f"method {m!r}" for m in methods if m not in METHODS]
-           + [f"seed {s!r}" for s in seeds if not isinstance(s, int) or isinstance(s, bool) or s < 0])
-    if bad or not (seeds and datasets and methods):
-        raise ConfigError(f"the grid needs at least one known dataset, method and seed ≥ 0; got "
-                          f"{', '.join(bad) or 'an empty list'} (datasets: {', '.join(DATASETS)}; "
-                          f"methods: {', '.join(METHODS)})")
+    check_parameters(seeds=seeds, datasets=datasets, methods=methods)  # the notebooks' own check
     return [Unit(d, m, s) for d in datasets for m in methods for s in seeds]
 
 
 def check(profile: str, jobs: int = 1, cluster: str | None = None) -> None:
     """Refuse a bad profile, job count or cluster before any compute (:class:`ConfigError`)."""
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    check_profile(profile)
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ConfigError(f"--jobs must be an integer ≥ 1, got {jobs!r}")
     if cluster is not None and cluster not in CLUSTERS:
@@ -98,12 +90,22 @@ def run_unit(profile: str, unit: Unit, runs_dir: str | Path, data_dir: str | Pat
     summary: the run hash, clean and worst-case accuracy, and the per-image worst-case bits."""
     if threads is not None:
         torch.set_num_threads(threads)
+    train(unit.config(profile).train, runs_root=runs_dir, data_root=data_dir, progress=False, log=_silent)
+    return summary(profile, unit, runs_dir, data_dir)
+
+
+def summary(profile: str, unit: Unit, runs_dir: str | Path, data_dir: str | Path) -> dict[str, Any]:
+    """The run hash, clean and worst-case accuracy and per-image worst-case bits of a trained ``unit``
+    (evaluated first if its evaluation is not cached)."""
     cfg = unit.config(profile)
-    silent: Callable[[str], None] = lambda message: None  # noqa: E731 - the grid's display reports units
-    directory = train(cfg.train, runs_root=runs_dir, data_root=data_dir, progress=False, log=silent)
-    results = evaluate_run(run_dir(cfg.train, runs_dir), cfg.eval, data_root=data_dir, log=silent)
+    directory = run_dir(cfg.train, runs_dir)
+    results = evaluate_run(directory, cfg.eval, data_root=data_dir, log=_silent)
     return {"unit": str(unit), "run": directory.name, "clean": results["attacks"]["clean"]["accuracy"],
             "worst_case": results["worst_case"]["accuracy"], "robust": results["worst_case"]["robust"]}
+
+
+def _silent(message: str) -> None:
+    """The log of a unit inside a grid: the grid's own display reports units."""
 
 
 def _cores() -> int:
@@ -155,7 +157,7 @@ def run_grid(profile: str, units: Sequence[Unit], *, runs_dir: str | Path, data_
         finally:
             if cluster is None:
                 executor.shutdown(cancel_futures=True)
-    return [run_unit(profile, u, runs_dir, data_dir) for u in units]  # all cached now: reads only
+    return [summary(profile, u, runs_dir, data_dir) for u in units]  # all evaluated now: reads only
 
 
 def _running(job: Any) -> bool:
@@ -177,9 +179,9 @@ def _wait(executor: Any, todo: list[Unit], total: int, profile: str, runs_dir: P
             finished = [f for f in pending if f.done()]
             for future in finished:
                 unit = pending.pop(future)
-                summary = future.result()  # a unit that raised stops the grid with its error
+                result = future.result()  # a unit that raised stops the grid with its error
                 bar.update(1)
-                write(f"done {unit}: clean {summary['clean']:.1%}, worst case {summary['worst_case']:.1%} "
+                write(f"done {unit}: clean {result['clean']:.1%}, worst case {result['worst_case']:.1%} "
                       f"({(time.monotonic() - started) / 60:.1f} min into the grid)")
             bar.set_postfix(running=sum(map(_running, pending)), left=len(pending))
             if pending and not finished:

@@ -30,7 +30,7 @@ from typing import Any
 
 from . import faults, grid
 from .checkpoint import file_lock
-from .config import PROFILES, ConfigError
+from .config import ConfigError, check_profile
 from .experiments import check_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,8 +101,7 @@ def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None,
     Raises:
         NotebookFailed: a notebook raised; its executed copy (with the traceback) is kept.
     """
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    check_profile(profile)
     names = list(NOTEBOOKS) if not only else only
     unknown = [n for n in names if n not in NOTEBOOKS]
     if unknown:
@@ -153,8 +152,7 @@ def _execute(name: str, root: Path, out_dir: Path, params: dict[str, Any], force
 def build_book(profile: str, *, root: Path = ROOT, builder: str = "html",
                log: Callable[[str], None] = partial(print, flush=True)) -> Path:
     """Copy ``profile``'s executed notebooks into the book and build it with warnings as errors."""
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    check_profile(profile)
     source = results_dir(profile, root) / "notebooks"
     missing = unfinished(profile, root)
     if missing:
