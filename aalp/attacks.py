@@ -151,21 +151,73 @@ def trades_kl(model: nn.Module, x: Tensor, eps: float, *, step_size: float, step
         return sign_gradient_ascent(model, x, start, kl, eps, step_size, steps)
 
 
-@dataclass(frozen=True)
-class PGDConfig:
-    """A PGD attack as configuration: validated on construction, run by calling it."""
+STEP_SCALE = 2.5
+"""Madry et al.'s step rule: ``α = 2.5 ε / steps``, so that the steps together can cross the ball 2.5 times."""
 
-    eps: float
-    step_size: float
+
+@dataclass(frozen=True)
+class AttackBudget:
+    r"""How hard a PGD attack tries, independent of ε: the one budget type of training, validation,
+    evaluation and audit.
+
+    The step size follows ε and the number of steps, :math:`\alpha = s\,\epsilon / \text{steps}` with
+    ``s = step_scale`` (2.5 by default, :data:`STEP_SCALE`), so changing ``steps`` or ε never silently
+    keeps an old step size.
+
+    Args:
+        steps: iterations per restart.
+        restarts: random restarts; per sample the strongest is kept (see :func:`pgd`).
+        step_scale: ``s`` in the step rule.
+        random_start: start from ``x + U(−ε, ε)`` (otherwise from ``x``, and ``restarts`` must be 1).
+    """
+
     steps: int
-    random_start: bool = True
     restarts: int = 1
-    loss: LossName = "ce"
+    step_scale: float = STEP_SCALE
+    random_start: bool = True
 
     def __post_init__(self) -> None:
-        _check(torch.zeros(0), self.eps, self.steps, self.step_size, self.restarts)
-        objective(self.loss, torch.zeros(0, dtype=torch.long), False)
+        _check(torch.zeros(0), 0.0, self.steps, 1.0, self.restarts)
+        if not self.step_scale > 0:
+            raise ValueError(f"step_scale must be > 0, got {self.step_scale}")
+        if not self.random_start and self.restarts > 1:
+            raise ValueError("restarts > 1 need random_start=True (without it every restart repeats the first)")
+
+    def step_size(self, eps: float) -> float:
+        """``α = step_scale · ε / steps``."""
+        return self.step_scale * eps / self.steps
+
+    def name(self, loss: LossName = "ce") -> str:
+        """``pgd<steps>`` or ``cw<steps>``, with ``x<restarts>`` and ``-nors`` (no random start) when set."""
+        return (f"{'pgd' if loss == 'ce' else 'cw'}{self.steps}" + (f"x{self.restarts}" if self.restarts > 1 else "")
+                + ("" if self.random_start else "-nors"))
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, eps: float, *, loss: LossName = "ce",
+                 targeted: bool = False, generator: torch.Generator | None = None) -> Tensor:
+        """PGD with this budget at radius ``eps`` (:func:`pgd`)."""
+        return pgd(model, x, y, eps, step_size=self.step_size(eps), steps=self.steps,
+                   random_start=self.random_start, restarts=self.restarts, loss=loss, targeted=targeted,
+                   generator=generator)
+
+
+@dataclass(frozen=True)
+class PGD:
+    """A PGD attack bound to a threat model: radius ``eps`` and an :class:`AttackBudget`; what the training
+    methods are given (TRADES reads ``eps``, ``step_size`` and ``steps`` for its KL attack)."""
+
+    eps: float
+    budget: AttackBudget
+
+    def __post_init__(self) -> None:
+        _check(torch.zeros(0), self.eps)
+
+    @property
+    def steps(self) -> int:
+        return self.budget.steps
+
+    @property
+    def step_size(self) -> float:
+        return self.budget.step_size(self.eps)
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return pgd(model, x, y, self.eps, step_size=self.step_size, steps=self.steps,
-                   random_start=self.random_start, restarts=self.restarts, loss=self.loss)
+        return self.budget(model, x, y, self.eps)

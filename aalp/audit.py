@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attacks import pgd
+from .attacks import AttackBudget
 from .checkpoint import CheckpointError, file_lock, write_json
 from .evaluate import predict, robust_flags
+from .runs import audit_path
 
 AUDIT_VERSION = 1
 """Part of every cached audit's key: raise it when :func:`audit` changes what it measures."""
@@ -35,12 +36,13 @@ AUDIT_VERSION = 1
 
 def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, *, restarts: int = 1,
                  batch_size: int = 500) -> float:
-    """Accuracy under PGD-``steps`` (CE, step 2.5·ε/steps, random start) with ``restarts``."""
+    """Accuracy under PGD-``steps`` on the CE (:class:`~aalp.attacks.AttackBudget`'s step rule, random
+    start) with ``restarts``."""
     if eps == 0:
         return (predict(model, x, batch_size) == y).float().mean().item()
-    attack = lambda a, b: pgd(model, a, b, eps, step_size=2.5 * eps / steps, steps=steps,  # noqa: E731
-                              restarts=restarts)
-    return robust_flags(model, x, y, attack, eps=eps, batch_size=batch_size).float().mean().item()
+    budget = AttackBudget(steps, restarts=restarts)
+    return robust_flags(model, x, y, lambda a, b: budget(model, a, b, eps), eps=eps,
+                        batch_size=batch_size).float().mean().item()
 
 
 def square_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, queries: int = 5000,
@@ -59,8 +61,8 @@ def square_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, queri
 def transfer_accuracy(surrogate: nn.Module, model: nn.Module, x: Tensor, y: Tensor, eps: float, *,
                       steps: int = 40, batch_size: int = 500) -> float:
     """Accuracy of ``model`` on PGD examples crafted against ``surrogate``."""
-    attack = lambda a, b: pgd(surrogate, a, b, eps, step_size=2.5 * eps / steps, steps=steps)  # noqa: E731
-    return robust_flags(model, x, y, attack, eps=eps, batch_size=batch_size,
+    budget = AttackBudget(steps)
+    return robust_flags(model, x, y, lambda a, b: budget(surrogate, a, b, eps), eps=eps, batch_size=batch_size,
                         name="transfer").float().mean().item()
 
 
@@ -139,7 +141,7 @@ def cached_audit(directory: str | Path, model: nn.Module, x: Tensor, y: Tensor, 
     key = {"version": AUDIT_VERSION, "eps": eps, "images": images, "surrogate": surrogate_name,
            **{k: list(v) if isinstance(v, (tuple, list)) else v for k, v in kwargs.items()}}
     directory = Path(directory)
-    path = directory / f"audit-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}.json"
+    path = audit_path(directory, key)
     with file_lock(directory / f".{path.stem}.lock"):  # two notebooks auditing one model run it once
         if path.exists():
             try:

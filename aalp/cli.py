@@ -39,7 +39,7 @@ models:   {', '.join(MODELS)}
 --set takes key=value pairs for any field of the configuration, e.g.
   --set epochs=5 batch_size=64 model=madry-cnn data.train_size=10000 optim.lr=0.001
   --set method.lam=1.0 method.gd_direction=high method.weighting=ratio attack.steps=20
-  --set eval.n=1000 eval.autoattack_n=0 eval.pgd_restarts=5
+  --set eval.n=1000 eval.autoattack_n=0 eval.pgd.restarts=5
 'python -m aalp config ...' prints the full configuration and its run hash.
 """
 
@@ -223,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from . import distributed
         from .evaluate import evaluate_run
-        from .train import is_trained, run_dir, train
+        from .train import train
+        from .runs import is_trained, run_dir
 
         if distributed.requested() and args.command != "train":
             raise ConfigError(f"several processes (WORLD_SIZE={os.environ['WORLD_SIZE']}) are supported for "

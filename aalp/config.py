@@ -17,12 +17,12 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
-from .attacks import PGDConfig
+from .attacks import STEP_SCALE, AttackBudget
 from .data import DATASETS
 from .methods import METHODS, TRADES, Method, make_method
 from .models import MODELS
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 """Bump when a change to the code changes what a given TrainConfig trains: old runs are then not reused."""
 
 PROFILES = ("smoke", "cpu", "paper")
@@ -42,15 +42,20 @@ class DataConfig:
     Args:
         dataset: one of :data:`aalp.data.DATASETS`.
         train_size: training images (``None``: the full training split).
-        subset: ``"balanced"`` (seeded, equal per class, seed 0) or ``"first"`` N training images.
-        val_size: images of a fixed class-balanced subset of the *test* split used only to monitor
-            training each epoch (never for model selection: the last epoch is the model).
+        train_size: training images (``None``: every training-split image not held out for validation).
+        subset: ``"balanced"`` (seeded, equal per class, seed 0) or ``"first"`` N of those images.
+        val_size: the validation set: a fixed class-balanced sample (seed 0) of the *training* split, held
+            out of training; it monitors training and is the only data any selection may use. The test
+            split is used for final evaluation only.
+        monitor_size: how many validation images (class-balanced) the per-epoch monitor attacks
+            (``None``: all of them).
     """
 
     dataset: str = "mnist"
     train_size: int | None = None
     subset: Literal["first", "balanced"] = "balanced"
-    val_size: int = 500
+    val_size: int = 5000
+    monitor_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -80,9 +85,14 @@ class TrainConfig:
     Args:
         model: one of :data:`aalp.models.MODELS`.
         method: the training method with its hyper-parameters (:mod:`aalp.methods`).
-        attack: the training attack (PGD; TRADES uses its ε, step size and steps for its KL attack).
-        val_attack: the PGD attack used to monitor robustness on the validation subset each epoch.
+        eps: the L∞ radius of the training and monitoring attacks.
+        attack: the training attack's budget (PGD; TRADES uses it for its KL attack).
+        val_attack: the budget of the PGD attack that monitors robustness on the validation set each epoch.
         epochs, batch_size, seed: the seed sets initialisation, data order and every random draw.
+        threads: torch's intra-op threads while training on a CPU. Part of the run's identity: the
+            numerics of CPU convolutions depend on it (the same run at 1 and 2 threads ends with weights
+            ≈ 0.05 apart after 10 epochs of the cpu profile), so a grid's lanes train every unit with the
+            same count whatever the machine. Evaluation does not depend on it and uses every core.
         eps_warmup: epochs over which the training attack's ε and step size ramp linearly to their
             full value, batch by batch (0: full ε from the first batch). Small networks
             trained at MNIST's ε = 0.3 from the first batch stay at chance (loss 2.303; seen here with
@@ -92,13 +102,15 @@ class TrainConfig:
     model: str
     data: DataConfig
     method: Method
-    attack: PGDConfig
-    val_attack: PGDConfig
+    eps: float
+    attack: AttackBudget
+    val_attack: AttackBudget
     optim: OptimConfig = field(default_factory=OptimConfig)
     epochs: int = 1
     batch_size: int = 128
     seed: int = 0
     eps_warmup: float = 0.0
+    threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -107,11 +119,14 @@ class EvalConfig:
 
     Args:
         eps: L∞ radius.
-        n: test images (class-balanced, seed 0; ``None``: the full test set).
+        n: test images (``None``: the full test set), taken in the test split's stratified order
+            (:func:`aalp.data.stratified_order`, seed 0), so that any prefix is a class-stratified random
+            sample.
         fgsm: run FGSM.
-        pgd_steps, pgd_restarts, pgd_step_size: PGD with CE loss (step ``None``: 2.5·ε/steps).
-        cw_steps: PGD on the CW margin loss (0 skips it), same restarts and step rule.
-        autoattack_n: the first this many of the ``n`` images get AutoAttack (0 skips it).
+        pgd: the budget of PGD on the cross-entropy.
+        cw: the budget of PGD on the CW margin loss (``None`` skips it).
+        autoattack_n: AutoAttack runs on the first this many of the ``n`` images, a stratified random
+            sample of the test split that every model of a profile shares (0 skips it).
         autoattack_version: ``"standard"`` (APGD-CE, APGD-T, FAB-T, Square) or ``"apgd"``
             (APGD-CE + APGD-T only).
         batch_size: evaluation batch size; seed: RNG seed of the attacks.
@@ -120,10 +135,8 @@ class EvalConfig:
     eps: float
     n: int | None = None
     fgsm: bool = True
-    pgd_steps: int = 40
-    pgd_restarts: int = 1
-    pgd_step_size: float | None = None
-    cw_steps: int = 40
+    pgd: AttackBudget = AttackBudget(40)
+    cw: AttackBudget | None = AttackBudget(40)
     autoattack_n: int = 0
     autoattack_version: Literal["standard", "apgd"] = "standard"
     batch_size: int = 500
@@ -160,6 +173,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     if MODELS[t.model].image_size != shape[1]:
         raise ConfigError(f"model {t.model!r} takes {MODELS[t.model].image_size}×"
                           f"{MODELS[t.model].image_size} images; {t.data.dataset} has {shape[1]}×{shape[2]}")
+    if not 0 <= t.eps <= 1:
+        raise ConfigError(f"eps must be in [0, 1] (inputs are in [0, 1]), got {t.eps}")
+    _positive("threads", t.threads)
     _positive("epochs", t.epochs)
     _positive("batch_size", t.batch_size)
     _positive("seed", t.seed, minimum=0)
@@ -167,6 +183,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"eps_warmup must be in [0, epochs={t.epochs}], got {t.eps_warmup}")
     _positive("data.train_size", t.data.train_size, allow_none=True)
     _positive("data.val_size", t.data.val_size)
+    _positive("data.monitor_size", t.data.monitor_size, allow_none=True)
+    if t.data.monitor_size is not None and t.data.monitor_size > t.data.val_size:
+        raise ConfigError(f"data.monitor_size ({t.data.monitor_size}) cannot exceed data.val_size "
+                          f"({t.data.val_size})")
     if t.data.subset not in ("first", "balanced"):
         raise ConfigError(f"data.subset must be 'first' or 'balanced', got {t.data.subset!r}")
     o = t.optim
@@ -181,14 +201,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     if not 0 <= e.eps <= 1:
         raise ConfigError(f"eval.eps must be in [0, 1] (inputs are in [0, 1]), got {e.eps}")
     _positive("eval.n", e.n, allow_none=True)
-    _positive("eval.pgd_steps", e.pgd_steps)
-    _positive("eval.pgd_restarts", e.pgd_restarts)
-    _positive("eval.cw_steps", e.cw_steps, minimum=0)
     _positive("eval.autoattack_n", e.autoattack_n, minimum=0)
     _positive("eval.batch_size", e.batch_size)
     _positive("eval.seed", e.seed, minimum=0)
-    if e.pgd_step_size is not None and not e.pgd_step_size > 0:
-        raise ConfigError(f"eval.pgd_step_size must be > 0, got {e.pgd_step_size}")
     if e.n is not None and e.autoattack_n > e.n:
         raise ConfigError(f"eval.autoattack_n ({e.autoattack_n}) cannot exceed eval.n ({e.n})")
     if e.autoattack_version not in ("standard", "apgd"):
@@ -207,21 +222,59 @@ def _method_defaults(method: str, dataset: str) -> dict[str, Any]:
     return {}
 
 
+@dataclass(frozen=True)
+class Experiments:
+    """What a profile's notebooks run, beside the run configurations of :func:`profile`.
+
+    Args:
+        seeds, datasets: of the main table and of every grid.
+        analysis_n: test images the analyses of the observations use (class-balanced, seed 0).
+        audit_n: test images of the gradient-masking audit: the first ``audit_n`` AutoAttack images.
+        audit_steps: PGD step counts of the audit's steps curve.
+        audit_square_queries: queries of the audit's Square attack.
+    """
+
+    seeds: tuple[int, ...]
+    datasets: tuple[str, ...]
+    analysis_n: int
+    audit_n: int
+    audit_steps: tuple[int, ...]
+    audit_square_queries: int
+
+
+EXPERIMENTS: dict[str, Experiments] = {
+    "smoke": Experiments(seeds=(0,), datasets=("mnist", "fashion-mnist"), analysis_n=200, audit_n=25,
+                         audit_steps=(1, 5, 10, 20), audit_square_queries=200),
+    "cpu": Experiments(seeds=(0, 1, 2), datasets=("mnist", "fashion-mnist"), analysis_n=1000, audit_n=1000,
+                       audit_steps=(1, 10, 20, 50, 100), audit_square_queries=5000),
+    "paper": Experiments(seeds=(0, 1, 2), datasets=("mnist", "cifar10", "svhn"), analysis_n=1000,
+                         audit_n=1000, audit_steps=(1, 10, 20, 50, 100, 200), audit_square_queries=5000),
+}
+"""The experiment settings of each profile (its run configurations are :func:`profile`)."""
+
+
 def check_profile(name: object) -> None:
     """Refuse an unknown profile name (:class:`ConfigError` naming the choices)."""
     if name not in PROFILES:
         raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
 
 
+def experiments(name: str) -> Experiments:
+    """The experiment settings of profile ``name``."""
+    check_profile(name)
+    return EXPERIMENTS[name]
+
+
 def profile(name: str, dataset: str = "mnist", method: str = "aalp",
             overrides: typing.Iterable[str] = ()) -> RunConfig:
     """The run configuration of profile ``name`` for ``dataset`` and ``method``, then ``overrides``.
 
-    ``smoke`` trains on a few thousand images for one epoch with a short attack (a pipeline check, not a
-    robust model); ``cpu`` trains ``fast-cnn`` on the full MNIST / Fashion-MNIST training set for ten
-    epochs and evaluates on the full test set (AutoAttack standard on a fixed subset of 500 images);
-    ``paper`` follows the usual published settings (PGD-40 on MNIST; PGD-10, SGD 0.1 and step decay on
-    CIFAR-10 / SVHN).
+    ``smoke`` trains on a thousand images for one epoch with a short attack (a pipeline check, not a
+    robust model); ``cpu`` trains ``fast-cnn`` on the MNIST / Fashion-MNIST training split less 5,000
+    validation images for ten epochs and evaluates on the full test set (AutoAttack standard on a
+    stratified random 1,000); ``paper`` follows the usual published settings (PGD-40 on MNIST; PGD-10,
+    SGD 0.1 and step decay on CIFAR-10 / SVHN). Step sizes follow :class:`~aalp.attacks.AttackBudget`'s
+    rule ``α = step_scale · ε / steps``.
     """
     check_profile(name)
     if dataset not in DATASETS:
@@ -235,48 +288,44 @@ def profile(name: str, dataset: str = "mnist", method: str = "aalp",
         train = TrainConfig(
             model="smallcnn" if small else "preact-resnet18",
             data=DataConfig(dataset, train_size=1000, val_size=100),
-            method=meth,
-            attack=PGDConfig(eps, step_size=2.5 * eps / 5, steps=5),
-            val_attack=PGDConfig(eps, step_size=2.5 * eps / 5, steps=5),
+            method=meth, eps=eps, attack=AttackBudget(5), val_attack=AttackBudget(5),
             optim=OptimConfig("adam", lr=1e-3),
             epochs=1, batch_size=100)
-        ev = EvalConfig(eps, n=200, pgd_steps=10, cw_steps=10, autoattack_n=25,
+        ev = EvalConfig(eps, n=200, pgd=AttackBudget(10), cw=AttackBudget(10), autoattack_n=25,
                         autoattack_version="apgd", batch_size=200)
     elif name == "cpu":
         train = TrainConfig(
             model="fast-cnn" if small else "preact-resnet18",
-            data=DataConfig(dataset, train_size=None, val_size=500),
-            method=meth,
-            attack=PGDConfig(eps, step_size=2.5 * eps / 10, steps=10),
-            val_attack=PGDConfig(eps, step_size=2.5 * eps / 20, steps=20),
+            data=DataConfig(dataset, train_size=None, val_size=5000, monitor_size=500),
+            method=meth, eps=eps, attack=AttackBudget(10), val_attack=AttackBudget(20),
             optim=OptimConfig("adam", lr=1e-3, schedule="step", milestones=(0.75,)),
             epochs=10, batch_size=128, eps_warmup=1.0)
-        # AutoAttack standard on every seed: the audit (notebook 05) found Square 2–3 points stronger than
-        # PGD-100 × 5 restarts on every adversarially trained MNIST model, so APGD-CE + APGD-T alone would
-        # overstate robustness (≈ 3–5 min per model on 500 images); no separate CW attack, since APGD-T's
-        # targeted DLR loss is a margin loss of the same kind
-        ev = EvalConfig(eps, n=None, pgd_steps=50, pgd_restarts=2, cw_steps=0, autoattack_n=500)
+        # AutoAttack standard on every seed: the audit found Square 2–3 points stronger than PGD-100 × 5
+        # restarts on every adversarially trained MNIST model, so APGD-CE + APGD-T alone would overstate
+        # robustness; no separate CW attack, since APGD-T's targeted DLR loss is a margin loss of that kind
+        ev = EvalConfig(eps, n=None, pgd=AttackBudget(50, restarts=2), cw=None, autoattack_n=1000)
     elif small:
+        # Madry et al.'s α = 0.01 on MNIST (step_scale 0.01 · 40 / 0.3); ε/10 on Fashion-MNIST
+        step_scale = 0.01 * 40 / eps if dataset == "mnist" else 4.0
         train = TrainConfig(
             model="smallcnn",
-            data=DataConfig(dataset, train_size=None, val_size=1000),
-            method=meth,
-            attack=PGDConfig(eps, step_size=0.01 if dataset == "mnist" else eps / 10, steps=40),
-            val_attack=PGDConfig(eps, step_size=0.01 if dataset == "mnist" else eps / 10, steps=40),
+            data=DataConfig(dataset, train_size=None, val_size=5000, monitor_size=1000),
+            method=meth, eps=eps, attack=AttackBudget(40, step_scale=step_scale),
+            val_attack=AttackBudget(40, step_scale=step_scale),
             optim=OptimConfig("sgd", lr=0.01, momentum=0.9, schedule="step", milestones=(0.55, 0.75, 0.9)),
             epochs=100, batch_size=128)
-        ev = EvalConfig(eps, n=None, pgd_steps=100, pgd_restarts=5, cw_steps=100, autoattack_n=10000)
+        ev = EvalConfig(eps, n=None, pgd=AttackBudget(100, restarts=5), cw=AttackBudget(100, restarts=5),
+                        autoattack_n=10000)
     else:
-        train = TrainConfig(
+        train = TrainConfig(  # α = 2/255 at ε = 8/255: step_scale 2.5 for PGD-10, 5 for PGD-20
             model="preact-resnet18",
-            data=DataConfig(dataset, train_size=None, val_size=1000),
-            method=meth,
-            attack=PGDConfig(eps, step_size=2 / 255, steps=10),
-            val_attack=PGDConfig(eps, step_size=2 / 255, steps=20),
+            data=DataConfig(dataset, train_size=None, val_size=5000, monitor_size=1000),
+            method=meth, eps=eps, attack=AttackBudget(10), val_attack=AttackBudget(20, step_scale=2 * STEP_SCALE),
             optim=OptimConfig("sgd", lr=0.1 if dataset == "cifar10" else 0.01, momentum=0.9,
                               weight_decay=5e-4, schedule="step", milestones=(0.75, 0.9)),
             epochs=100, batch_size=128)
-        ev = EvalConfig(eps, n=None, pgd_steps=100, pgd_restarts=5, cw_steps=100, autoattack_n=10000)
+        ev = EvalConfig(eps, n=None, pgd=AttackBudget(100, restarts=5), cw=AttackBudget(100, restarts=5),
+                        autoattack_n=10000)
     return apply_overrides(RunConfig(train, ev), overrides)
 
 
@@ -315,15 +364,38 @@ def _coerce(key: str, text: str, tp: Any) -> Any:
     raise ConfigError(f"{key} cannot be set from the command line")
 
 
+def _group(tp: Any) -> Any:
+    """The dataclass of a field typed ``D`` or ``D | None`` (``None`` if the field is not a group)."""
+    if dataclasses.is_dataclass(tp) or tp is Method:
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
+            return inner[0]
+    return None
+
+
 def _set(obj: Any, path: list[str], text: str, key: str) -> Any:
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in fields(obj)]
     if path[0] not in names:
         raise ConfigError(f"unknown setting {key!r}; {type(obj).__name__} has: {', '.join(names)}")
+    group = _group(hints[path[0]])
     if len(path) == 1:
-        if dataclasses.is_dataclass(hints[path[0]]) or hints[path[0]] is Method:
-            raise ConfigError(f"{key!r} is a group; set one of its fields, e.g. {key}.<name>=<value>")
-        value = _coerce(key, text, hints[path[0]])
+        if group is not None and not (text.lower() in ("none", "null") and group is not hints[path[0]]):
+            off = f" or {key}=none to skip it" if group is not hints[path[0]] else ""
+            raise ConfigError(f"{key!r} is a group; set one of its fields, e.g. {key}.<name>=<value>{off}")
+        value = None if group is not None else _coerce(key, text, hints[path[0]])
+    elif getattr(obj, path[0]) is None and group is not None:  # a skipped group, switched on by one field
+        inner = _group(group) and typing.get_type_hints(group).get(path[1])
+        if len(path) != 2 or inner is None:
+            raise ConfigError(f"unknown setting {key!r}; {group.__name__} has: "
+                              f"{', '.join(f.name for f in fields(group))}")
+        try:
+            value = group(**{path[1]: _coerce(key, text, inner)})
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{key}={text}: {'.'.join(key.split('.')[:-1])} is off; turn it on with "
+                              f"its steps first ({err})") from None
     else:
         value = _set(getattr(obj, path[0]), path[1:], text, key)
     try:
@@ -334,7 +406,8 @@ def _set(obj: Any, path: list[str], text: str, key: str) -> Any:
 
 def apply_overrides(cfg: RunConfig, overrides: typing.Iterable[str]) -> RunConfig:
     """Apply ``key=value`` overrides; keys are fields of :class:`TrainConfig` (``epochs``,
-    ``method.lam``, ``attack.steps``, …) or of :class:`EvalConfig` under ``eval.`` (``eval.n``)."""
+    ``method.lam``, ``attack.steps``, …) or of :class:`EvalConfig` under ``eval.`` (``eval.n``,
+    ``eval.pgd.restarts``, ``eval.cw=none``)."""
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -372,8 +445,8 @@ def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
             params = dict(value)
             method_cls = METHODS[params.pop("name")]
             value = _from_dict(method_cls, params)
-        elif dataclasses.is_dataclass(tp):
-            value = _from_dict(tp, value)
+        elif _group(tp) is not None and value is not None:
+            value = _from_dict(_group(tp), value)
         elif typing.get_origin(tp) is tuple:
             value = tuple(value)
         kwargs[f.name] = value

@@ -103,6 +103,11 @@ class ArrayDataset:
         """``(images[index] / 255`` as float32 in [0, 1], ``labels[index])``."""
         return self.images[index].float().div_(255), self.labels[index]
 
+    def select(self, index: Tensor) -> ArrayDataset:
+        """The examples at ``index``, in that order."""
+        index = index.to(self.labels.device)
+        return ArrayDataset(self.images[index], self.labels[index])
+
     def tensors(self) -> tuple[Tensor, Tensor]:
         """The whole set as ``(float32 images in [0, 1], labels)``."""
         return self.batch(slice(None))
@@ -134,23 +139,13 @@ def load_dataset(name: str, split: Literal["train", "test"], root: str | Path = 
     return ArrayDataset(torch.from_numpy(ds.data), torch.from_numpy(ds.labels))  # SVHN: (N, C, H, W), 10 -> 0
 
 
-def subset(ds: ArrayDataset, n: int | None, how: Literal["first", "balanced"] = "first",
-           seed: int = 0) -> ArrayDataset:
-    """The first ``n`` examples, or a seeded class-balanced sample of ``n`` in ascending index order.
-
-    ``balanced`` over the K classes present takes ``n // K`` per class plus one more for each of the
-    ``n % K`` lowest classes, drawn without replacement by ``torch.randperm`` from a generator seeded with
-    ``seed``. ``n`` None or ``>= len(ds)`` returns ``ds`` itself.
-    """
-    if how not in ("first", "balanced"):
-        raise ValueError(f"how must be 'first' or 'balanced', got {how!r}")
-    if n is None or n >= len(ds):
-        return ds
+def balanced_index(labels: Tensor, n: int, seed: int = 0) -> Tensor:
+    """Ascending indices of a seeded class-balanced sample of ``n`` of ``labels``: over the K classes
+    present, ``n // K`` per class plus one more for each of the ``n % K`` lowest classes, drawn without
+    replacement by ``torch.randperm`` from a generator seeded with ``seed``."""
     if n <= 0:
         raise ValueError(f"subset size must be positive, got {n}")
-    if how == "first":
-        return ArrayDataset(ds.images[:n], ds.labels[:n])
-    labels = ds.labels.cpu()
+    labels = labels.cpu()
     classes = torch.unique(labels)
     generator = torch.Generator().manual_seed(seed)
     picks = []
@@ -160,8 +155,50 @@ def subset(ds: ArrayDataset, n: int | None, how: Literal["first", "balanced"] = 
         if count > len(members):
             raise ValueError(f"class {c} has {len(members)} examples, a balanced subset of {n} needs {count}")
         picks.append(members[torch.randperm(len(members), generator=generator)[:count]])
-    index = torch.cat(picks).sort().values.to(ds.labels.device)
-    return ArrayDataset(ds.images[index], ds.labels[index])
+    return torch.cat(picks).sort().values
+
+
+def subset(ds: ArrayDataset, n: int | None, how: Literal["first", "balanced"] = "first",
+           seed: int = 0) -> ArrayDataset:
+    """The first ``n`` examples, or the class-balanced sample :func:`balanced_index` in ascending index
+    order. ``n`` None or ``>= len(ds)`` returns ``ds`` itself."""
+    if how not in ("first", "balanced"):
+        raise ValueError(f"how must be 'first' or 'balanced', got {how!r}")
+    if n is None or n >= len(ds):
+        return ds
+    if n <= 0:
+        raise ValueError(f"subset size must be positive, got {n}")
+    if how == "first":
+        return ArrayDataset(ds.images[:n], ds.labels[:n])
+    return ds.select(balanced_index(ds.labels, n, seed))
+
+
+def holdout(ds: ArrayDataset, n: int, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+    """``(rest, held)``: ``held`` is the class-balanced sample of ``n`` (:func:`balanced_index`, ``seed``),
+    ``rest`` every other example in its original order; how a validation set is held out of the training
+    split."""
+    if not 0 < n < len(ds):
+        raise ValueError(f"a held-out set needs 0 < n < {len(ds)} examples, got {n}")
+    held = balanced_index(ds.labels, n, seed)
+    keep = torch.ones(len(ds), dtype=torch.bool)
+    keep[held] = False
+    return ds.select(keep.nonzero().flatten()), ds.select(held)
+
+
+def stratified_order(labels: Tensor, seed: int = 0) -> Tensor:
+    """A seeded permutation of ``range(len(labels))`` whose every prefix is a class-stratified random
+    sample: within each class the members are shuffled, and member ``r`` of a class of ``n_k`` is placed at
+    ``(r + u) / n_k`` on a common [0, 1) scale (``u ~ U[0, 1)``), so the first ``m`` of the order hold each
+    class in proportion to its frequency, to within one image."""
+    labels = labels.cpu()
+    generator = torch.Generator().manual_seed(seed)
+    position = torch.empty(len(labels), dtype=torch.float64)
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        jitter = torch.rand(len(members), generator=generator, dtype=torch.float64)
+        position[members] = (torch.arange(len(members), dtype=torch.float64) + jitter) / len(members)
+    return torch.argsort(position, stable=True)
 
 
 def fetch(names: Iterable[str], root: str | Path = "data", *, log: Callable[[str], None] = print) -> None:

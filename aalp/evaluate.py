@@ -19,11 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from . import faults
-from .attacks import eval_mode, fgsm, pgd
+from .attacks import eval_mode, fgsm
 from .checkpoint import CheckpointError, file_lock, write_json
-from .config import EvalConfig, config_hash, to_dict
-from .data import ArrayDataset, load_dataset, subset
-from .train import load_run, read_history
+from .config import EvalConfig, to_dict
+from .data import ArrayDataset, load_dataset, stratified_order
+from .runs import eval_path, load_run, read_history
 
 AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
@@ -106,17 +106,13 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig,
     robustness bit string; ``worst_case`` over all attacks on the images every attack saw.
     """
     torch.manual_seed(cfg.seed)
-    step = cfg.pgd_step_size
     attacks: list[tuple[str, int, AttackFn]] = []
     if cfg.fgsm:
         attacks.append(("fgsm", len(x), lambda m, a, b: fgsm(m, a, b, cfg.eps)))
-    attacks.append((f"pgd{cfg.pgd_steps}", len(x), lambda m, a, b: pgd(
-        m, a, b, cfg.eps, step_size=step or 2.5 * cfg.eps / cfg.pgd_steps, steps=cfg.pgd_steps,
-        restarts=cfg.pgd_restarts)))
-    if cfg.cw_steps:
-        attacks.append((f"cw{cfg.cw_steps}", len(x), lambda m, a, b: pgd(
-            m, a, b, cfg.eps, step_size=step or 2.5 * cfg.eps / cfg.cw_steps, steps=cfg.cw_steps,
-            restarts=cfg.pgd_restarts, loss="cw")))
+    attacks.append((cfg.pgd.name(), len(x), lambda m, a, b: cfg.pgd(m, a, b, cfg.eps)))
+    if cfg.cw is not None:
+        cw = cfg.cw
+        attacks.append((cw.name("cw"), len(x), lambda m, a, b: cw(m, a, b, cfg.eps, loss="cw")))
     warnings: list[str] = []
     if cfg.autoattack_n:
         def run_aa(m: nn.Module, a: Tensor, b: Tensor) -> Tensor:
@@ -151,14 +147,14 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig,
     return results
 
 
-def eval_path(directory: Path, cfg: EvalConfig) -> Path:
-    return directory / f"eval-{config_hash(cfg)}.json"
-
-
 def evaluation_set(dataset: str, cfg: EvalConfig, data_root: str | Path = "data") -> ArrayDataset:
-    """The test images an evaluation with ``cfg`` attacks, in order: a class-balanced subset of ``cfg.n``
-    (seed 0) of the test split, or all of it. AutoAttack takes the first ``cfg.autoattack_n`` of them."""
-    return subset(load_dataset(dataset, "test", data_root), cfg.n, "balanced", seed=0)
+    """The test images an evaluation with ``cfg`` attacks, in order: the first ``cfg.n`` (all if
+    ``None``) of the test split in its stratified order (:func:`aalp.data.stratified_order`, seed 0).
+    AutoAttack takes the first ``cfg.autoattack_n`` of them: a class-stratified random sample of the test
+    split, the same for every model of a profile."""
+    test = load_dataset(dataset, "test", data_root)
+    order = stratified_order(test.labels, seed=0)
+    return test.select(order[: cfg.n] if cfg.n is not None else order)
 
 
 def evaluate_run(directory: str | Path, cfg: EvalConfig, *, data_root: str | Path = "data",

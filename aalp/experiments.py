@@ -27,7 +27,8 @@ from .methods import METHODS
 from .data import ArrayDataset, load_dataset, subset
 from .evaluate import evaluate_run, evaluation_set
 from .models import Classifier
-from .train import is_trained, load_run, read_history, run_dir, train
+from .train import train
+from .runs import is_trained, load_run, read_history, run_dir
 
 
 @dataclass

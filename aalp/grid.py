@@ -9,9 +9,10 @@ and run again, and it continues.
 Two engines, both existing ones:
 
 - ``jobs=N`` (lanes on one machine): :class:`concurrent.futures.ProcessPoolExecutor` with N worker
-  processes, each with ``cores // N`` torch threads. On 2 cores two 1-thread lanes do more units per hour
-  than one 2-thread process, because the small convolutions of the cpu profile do not scale across two
-  threads (``benchmarks/README.md``).
+  processes. Each unit trains with its configuration's own thread count (``threads``, 1 in every profile:
+  CPU convolution numerics depend on it, so it is part of the run's identity and a unit's result does not
+  depend on the lanes), and evaluates with ``cores // N`` threads (evaluation does not depend on the
+  thread count). On 2 cores two lanes do more units per hour than one (``benchmarks/README.md``).
 - ``cluster="slurm"``: one Slurm job per unit through submitit (``cluster="local"`` runs the same jobs as
   local processes through submitit's local executor, which the tests use). The run cache must be on a
   filesystem that every node sees and that supports ``flock`` (NFSv4, Lustre, GPFS and BeeGFS do; NFSv3
@@ -32,11 +33,12 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, RunConfig, check_profile, profile as profile_config
-from .evaluate import eval_path, evaluate_run
-from .experiments import EXPERIMENT_DEFAULTS, check_parameters
+from .config import ConfigError, RunConfig, check_profile, experiments, profile as profile_config
+from .evaluate import evaluate_run
+from .experiments import check_parameters
 from .methods import METHODS
-from .train import is_trained, run_dir, train
+from .runs import eval_path, is_trained, run_dir
+from .train import train
 
 CLUSTERS = ("local", "slurm")
 
@@ -61,9 +63,9 @@ def main_grid(profile: str, *, seeds: Sequence[int] | None = None, datasets: Seq
               methods: Sequence[str] | None = None) -> list[Unit]:
     """The units of ``profile``'s main table: every dataset × method × seed (the profile's by default)."""
     check(profile)
-    defaults = EXPERIMENT_DEFAULTS[profile]
-    seeds = list(defaults["seeds"] if seeds is None else seeds)
-    datasets = list(defaults["datasets"] if datasets is None else datasets)
+    defaults = experiments(profile)
+    seeds = list(defaults.seeds if seeds is None else seeds)
+    datasets = list(defaults.datasets if datasets is None else datasets)
     methods = list(METHODS if methods is None else methods)
     check_parameters(seeds=seeds, datasets=datasets, methods=methods)  # the notebooks' own check
     return [Unit(d, m, s) for d in datasets for m in methods for s in seeds]
@@ -86,7 +88,8 @@ def is_done(profile: str, unit: Unit, runs_dir: Path) -> bool:
 
 def run_unit(profile: str, unit: Unit, runs_dir: str | Path, data_dir: str | Path,
              threads: int | None = None) -> dict[str, Any]:
-    """Train and evaluate ``unit`` (each only if not cached) with ``threads`` torch threads; return a
+    """Train ``unit`` (with its configuration's thread count) and evaluate it with ``threads`` torch
+    threads, each only if not cached; return a
     summary: the run hash, clean and worst-case accuracy, and the per-image worst-case bits."""
     if threads is not None:
         torch.set_num_threads(threads)
@@ -132,7 +135,7 @@ def run_grid(profile: str, units: Sequence[Unit], *, runs_dir: str | Path, data_
     summaries (:func:`run_unit`) of all units, in the order given.
 
     Args:
-        threads: torch threads per worker; default ``cores // jobs`` (at least 1) on this machine, and
+        threads: torch threads per worker for evaluation (training uses its configuration's); default ``cores // jobs`` (at least 1) on this machine, and
             the cores Slurm gives each job (``slurm={"cpus_per_task": …}``) on a cluster.
         cluster: ``None`` (worker processes here), ``"slurm"``, or ``"local"`` (submitit's local executor).
         cluster_folder: where submitit keeps job scripts and logs (default: ``<runs_dir>/../submitit``).

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .attacks import PGDConfig, trades_kl
+from .attacks import PGD, trades_kl
 from .contributions import feature_contribution
 from .guided_dropout import Direction, guided_dropout
 from .models import Classifier
@@ -53,7 +53,7 @@ class Method:
 
     name: ClassVar[str]
 
-    def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGDConfig,
+    def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGD,
                  epoch: int) -> MethodOutput:
         raise NotImplementedError
 
@@ -64,7 +64,7 @@ class Standard(Method):
 
     name: ClassVar[str] = "standard"
 
-    def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGDConfig,
+    def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGD,
                  epoch: int) -> MethodOutput:
         logits = model(x)
         ce = F.cross_entropy(logits, y, reduction="none")
@@ -77,7 +77,7 @@ class PGDAT(Method):
 
     name: ClassVar[str] = "pgd-at"
 
-    def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGDConfig,
+    def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGD,
                  epoch: int) -> MethodOutput:
         logits_adv = model(attack(model, x, y))
         ce_adv = F.cross_entropy(logits_adv, y, reduction="none")
@@ -141,7 +141,7 @@ class ALP(Method):
     def __post_init__(self) -> None:
         _non_negative("lam", self.lam)
 
-    def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGDConfig,
+    def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGD,
                  epoch: int) -> MethodOutput:
         x_adv = attack(model, x, y)
         logits, logits_adv = model(torch.cat([x, x_adv])).chunk(2)
@@ -163,7 +163,7 @@ class TRADES(Method):
     def __post_init__(self) -> None:
         _non_negative("beta", self.beta)
 
-    def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGDConfig,
+    def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGD,
                  epoch: int) -> MethodOutput:
         x_adv = trades_kl(model, x, attack.eps, step_size=attack.step_size, steps=attack.steps)
         logits, logits_adv = model(x), model(x_adv)
@@ -194,7 +194,7 @@ class MART(Method):
     def __post_init__(self) -> None:
         _non_negative("beta", self.beta)
 
-    def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGDConfig,
+    def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGD,
                  epoch: int) -> MethodOutput:
         x_adv = attack(model, x, y)
         logits, logits_adv = model(x), model(x_adv)
@@ -298,7 +298,7 @@ class AALP(Method):
         guided_dropout(torch.zeros(1, 1), torch.zeros(1, 1), q_min=self.gd_q_min, gamma=self.gd_gamma,
                        direction=self.gd_direction)  # validates the dropout parameters
 
-    def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGDConfig,
+    def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGD,
                  epoch: int) -> MethodOutput:
         x_adv = attack(model, x, y)
         h = model.features(torch.cat([x, x_adv]))

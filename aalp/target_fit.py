@@ -11,13 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .attacks import PGDConfig, eval_mode
+from .attacks import PGD, eval_mode
 from .data import ArrayDataset
 from .methods import Method
 from .models import Classifier
 
 
-def per_sample_parts(model: Classifier, method: Method, data: ArrayDataset, attack: PGDConfig, *,
+def per_sample_parts(model: Classifier, method: Method, data: ArrayDataset, attack: PGD, *,
                      epoch: int, batch_size: int = 250, seed: int = 0) -> dict[str, Tensor]:
     """Every per-sample part of ``method``'s loss on ``data``, repeatable: the model is in eval mode (no
     dropout of any kind) and ``seed`` seeds the attack's random start."""

@@ -1,12 +1,7 @@
 """One training loop for every method: seeded, checkpointed every epoch, resumable, cached by config.
 
-A run lives in ``<runs>/<config hash>/``:
-
-- ``config.json``: the full :class:`~aalp.config.TrainConfig`;
-- ``checkpoint.safetensors``: model + optimiser state and the history, rewritten atomically each epoch
-  (the last epoch keeps the model only: a finished run is never resumed, and the cache stays small);
-- ``metrics.jsonl``: one JSON line per finished epoch (loss parts, clean / PGD accuracy on the
-  validation subset, learning rate, seconds).
+A run is written into the run cache (:mod:`aalp.runs`: ``config.json``, ``checkpoint.safetensors``
+rewritten atomically each epoch, ``metrics.jsonl`` with one line per finished epoch).
 
 Determinism: the model is initialised after ``torch.manual_seed(seed)``, and every epoch reseeds the global
 RNG and draws its data order from ``(seed, epoch)``, so a run resumed from any epoch boundary ends with the
@@ -19,8 +14,8 @@ import json
 import math
 import platform
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,12 +24,13 @@ import torch
 from tqdm import tqdm
 
 from . import __version__, distributed, faults
-from .attacks import PGDConfig, eval_mode, pgd
+from .attacks import PGD, eval_mode
 from .checkpoint import atomic_write, file_lock, load_checkpoint, read_metadata, save_checkpoint, write_json
-from .config import OptimConfig, TrainConfig, config_hash, to_dict, train_config_from_dict
-from .data import DATASETS, ArrayDataset, load_dataset, subset
+from .runs import new_model, pick_device, run_dir
+from .config import OptimConfig, TrainConfig, to_dict
+from .data import ArrayDataset, holdout, load_dataset, subset
 from .methods import Method, MethodOutput
-from .models import Classifier, build_model
+from .models import Classifier
 
 BatchCallback = Callable[[int, torch.Tensor, MethodOutput], None]
 """Called after every training step with (epoch, indices of the batch in the training set, output)."""
@@ -55,13 +51,6 @@ def machine() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    """``device`` if given, else CUDA when available, else the CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -85,31 +74,28 @@ def learning_rate(cfg: OptimConfig, epoch: int, epochs: int) -> float:
     return cfg.lr
 
 
-def build_for(cfg: TrainConfig) -> Classifier:
-    """The (untrained) model of a configuration."""
-    info = DATASETS[cfg.data.dataset]
-    return build_model(cfg.model, input_shape=info.input_shape, num_classes=info.num_classes,
-                       mean=info.mean, std=info.std)
+def validation_set(cfg: TrainConfig, data_root: str | Path) -> ArrayDataset:
+    """The validation set of a run: ``data.val_size`` class-balanced training-split images (seed 0), held
+    out of training (:func:`aalp.data.holdout`); every selection uses these, never test images."""
+    return load_data(cfg, data_root)[1]
 
 
 def load_data(cfg: TrainConfig, data_root: str | Path) -> tuple[ArrayDataset, ArrayDataset]:
-    """The training set and the fixed validation subset (class-balanced, seed 0, from the test split)."""
-    train = load_dataset(cfg.data.dataset, "train", data_root)
-    train = subset(train, cfg.data.train_size, cfg.data.subset, seed=0)
-    val = subset(load_dataset(cfg.data.dataset, "test", data_root), cfg.data.val_size, "balanced", seed=0)
-    return train, val
+    """The training set and the validation set, both from the training split and disjoint: the validation
+    set is held out first (:func:`validation_set`), then ``data.train_size`` images of the rest train."""
+    rest, val = holdout(load_dataset(cfg.data.dataset, "train", data_root), cfg.data.val_size, seed=0)
+    return subset(rest, cfg.data.train_size, cfg.data.subset, seed=0), val
 
 
-def warmup_attack(attack: PGDConfig, step: int, warmup_steps: int) -> PGDConfig:
-    """The training attack at global batch ``step`` (0-based): ε and α scaled by
-    ``min(1, (step + 1) / warmup_steps)``."""
+def warmup_attack(attack: PGD, step: int, warmup_steps: int) -> PGD:
+    """The training attack at global batch ``step`` (0-based): ε scaled by
+    ``min(1, (step + 1) / warmup_steps)`` (the step size follows ε, :class:`~aalp.attacks.AttackBudget`)."""
     if step + 1 >= warmup_steps:
         return attack
-    scale = (step + 1) / warmup_steps
-    return replace(attack, eps=attack.eps * scale, step_size=attack.step_size * scale)
+    return replace(attack, eps=attack.eps * (step + 1) / warmup_steps)
 
 
-def train_one_epoch(model: Classifier, method: Method, attack: PGDConfig,
+def train_one_epoch(model: Classifier, method: Method, attack: PGD,
                     optimizer: torch.optim.Optimizer, data: ArrayDataset, order: torch.Tensor,
                     batch_size: int, epoch: int, *, progress: bool = True,
                     callback: BatchCallback | None = None, eps_warmup: float = 0.0,
@@ -141,6 +127,9 @@ def train_one_epoch(model: Classifier, method: Method, attack: PGDConfig,
         sums["loss"] = sums.get("loss", 0.0) + out.loss.item() * n
         for name, value in out.parts.items():
             sums[name] = sums.get(name, 0.0) + value.sum().item()
+        if "ce_adv" in out.parts and "ce_clean" in out.parts:  # the logit-pairing masking signature
+            sums["adv_easier"] = sums.get("adv_easier", 0.0) + (
+                out.parts["ce_adv"] < out.parts["ce_clean"]).sum().item()
         if callback is not None:
             callback(epoch, index, out)
         bar.set_postfix(loss=f"{sums['loss'] / count:.3f}")
@@ -154,40 +143,18 @@ def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float
     return (model(x).argmax(1) == y).float().mean().item()
 
 
-def monitor(model: Classifier, val: ArrayDataset, attack: PGDConfig, batch_size: int = 500) -> dict[str, float]:
-    """Clean and PGD accuracy on the validation subset (model in eval mode, restored afterwards)."""
+def monitor(model: Classifier, val: ArrayDataset, attack: PGD, batch_size: int = 500) -> dict[str, float]:
+    """Clean and PGD accuracy on the validation images (model in eval mode, restored afterwards)."""
     clean = robust = 0.0
     mine = distributed.shard(torch.arange(len(val)))  # under torchrun each rank attacks its share
     with eval_mode(model):
         for start in range(0, len(mine), batch_size):
             x, y = val.batch(mine[start:start + batch_size].to(val.labels.device))
-            x_adv = pgd(model, x, y, attack.eps, step_size=attack.step_size, steps=attack.steps)
+            x_adv = attack(model, x, y)
             clean += _accuracy(model, x, y) * len(y)
             robust += _accuracy(model, x_adv, y) * len(y)
     totals = distributed.reduce_sums({"clean": clean, "robust": robust}, val.labels.device)
     return {"val_clean_acc": totals["clean"] / len(val), "val_pgd_acc": totals["robust"] / len(val)}
-
-
-def run_dir(cfg: TrainConfig, runs_root: str | Path, processes: int = 1) -> Path:
-    """Where the run of ``cfg`` trained by ``processes`` data-parallel processes lives: ``<hash>``, or
-    ``<hash>-p<N>`` for N > 1. Under ``torchrun`` every process draws its own random starts and dropout
-    masks for its shard, so the world size changes the numbers (the weights differ by about 1e-3 after one
-    epoch of the cpu profile, ``benchmarks/README.md``): such a run is another run."""
-    if processes < 1:
-        raise ValueError(f"processes must be ≥ 1, got {processes}")
-    return Path(runs_root) / (config_hash(cfg) + (f"-p{processes}" if processes > 1 else ""))
-
-
-def read_history(directory: Path) -> list[dict[str, Any]]:
-    """The per-epoch metrics of a run (empty when it has not finished an epoch)."""
-    path = directory / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def is_trained(cfg: TrainConfig, runs_root: str | Path, processes: int = 1) -> bool:
-    return len(read_history(run_dir(cfg, runs_root, processes))) >= cfg.epochs
 
 
 def train(cfg: TrainConfig, *, runs_root: str | Path = "runs", data_root: str | Path = "data",
@@ -208,15 +175,29 @@ def train(cfg: TrainConfig, *, runs_root: str | Path = "runs", data_root: str | 
     """
     dev = distributed.setup(pick_device(device))  # joins the process group under torchrun
     train_data, val_data = load_data(cfg, data_root)  # fails before the run directory exists
+    val_data = subset(val_data, cfg.data.monitor_size, "balanced", seed=0)  # what the monitor attacks
     train_data, val_data = train_data.to(dev), val_data.to(dev)
     directory = run_dir(cfg, runs_root, distributed.world_size())
     if not distributed.is_writer():
         progress, log = False, _silent
     # a second process on the same config waits, then reuses the run; under torchrun rank 0 holds the lock
     with file_lock(directory / ".lock") if distributed.is_writer() else nullcontext():
-        _train_locked(cfg, directory, train_data, val_data, dev, progress, callback, stop_after, log,
-                      channels_last, dev.type == "cuda" if bf16 is None else bf16)
+        with intra_op_threads(cfg.threads if dev.type == "cpu" else None):
+            _train_locked(cfg, directory, train_data, val_data, dev, progress, callback, stop_after, log,
+                          channels_last, dev.type == "cuda" if bf16 is None else bf16)
     return directory
+
+
+@contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads (``None``: unchanged), restored afterwards."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _silent(message: str) -> None:
@@ -239,7 +220,7 @@ def _train_locked(cfg: TrainConfig, directory: Path, train_data: ArrayDataset, v
         raise RuntimeError(f"{config_path} holds a different configuration; remove {directory}")
 
     torch.manual_seed(cfg.seed)
-    model = build_for(cfg).to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model = new_model(cfg).to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     optimizer = make_optimizer(model, cfg.optim)
     checkpoint = directory / "checkpoint.safetensors"
     history: list[dict[str, Any]] = []
@@ -260,11 +241,11 @@ def _train_locked(cfg: TrainConfig, directory: Path, train_data: ArrayDataset, v
         torch.manual_seed(seed)
         order = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(seed)).to(dev)
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
-        record.update(train_one_epoch(model, cfg.method, cfg.attack, optimizer, train_data, order,
+        record.update(train_one_epoch(model, cfg.method, PGD(cfg.eps, cfg.attack), optimizer, train_data, order,
                                       cfg.batch_size, epoch, progress=progress, callback=callback,
                                       eps_warmup=cfg.eps_warmup, bf16=bf16))
         record["train_seconds"] = time.perf_counter() - started
-        record.update(monitor(model, val_data, cfg.val_attack))
+        record.update(monitor(model, val_data, PGD(cfg.eps, cfg.val_attack)))
         record["seconds"] = time.perf_counter() - started
         record["machine"] = {**machine(), "device": str(dev), "processes": distributed.world_size(),
                              "bf16": bf16, "channels_last": channels_last}
@@ -286,15 +267,3 @@ def _write_metrics(directory: Path, history: list[dict[str, Any]]) -> None:
     """``metrics.jsonl``: one JSON line per finished epoch, rewritten atomically from the checkpoint's history."""
     atomic_write(directory / "metrics.jsonl",
                  lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in history)))
-
-
-def load_run(directory: str | Path, device: str | None = None) -> tuple[Classifier, TrainConfig]:
-    """The trained model of a run directory (eval mode, channels_last) and its configuration."""
-    directory = Path(directory)
-    config_path = directory / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{directory} is not a run directory (no config.json)")
-    cfg = train_config_from_dict(json.loads(config_path.read_text())["train"])
-    model = build_for(cfg)
-    load_checkpoint(directory / "checkpoint.safetensors", model, None, "cpu")
-    return model.to(pick_device(device), memory_format=torch.channels_last).eval(), cfg

@@ -43,20 +43,17 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import reference  # benchmarks/ is the script's directory, so it is on sys.path
+
+from aalp.attacks import PGD, AttackBudget, pgd
+from aalp.data import DATASETS, ArrayDataset, load_dataset
+from aalp.grid import Unit, run_grid
+from aalp.methods import METHODS, make_method
+from aalp.models import build_model
+from aalp.train import machine, train_one_epoch, warmup_attack
+from aalp.runs import read_history
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import reference  # noqa: E402
-
-from aalp.attacks import PGDConfig, pgd  # noqa: E402
-from aalp.data import DATASETS, ArrayDataset, load_dataset  # noqa: E402
-from aalp.methods import make_method  # noqa: E402
-from aalp.models import build_model  # noqa: E402
-from aalp.grid import Unit, run_grid  # noqa: E402
-from aalp.train import machine, read_history, train_one_epoch, warmup_attack  # noqa: E402
-
-METHODS = ("standard", "pgd-at", "alp", "trades", "mart", "aalp")
 MODELS = {"fast-cnn": "mnist", "smallcnn": "mnist", "madry-cnn": "mnist", "preact-resnet18": "cifar10"}
 
 
@@ -75,9 +72,8 @@ def fake_data(name: str, n: int, seed: int = 0) -> ArrayDataset:
                         torch.randint(0, 10, (n,), generator=g))
 
 
-def attack_for(name: str, steps: int) -> PGDConfig:
-    eps = 0.3 if MODELS[name] == "mnist" else 8 / 255
-    return PGDConfig(eps, step_size=2.5 * eps / steps, steps=steps)
+def attack_for(name: str, steps: int) -> PGD:
+    return PGD(0.3 if MODELS[name] == "mnist" else 8 / 255, AttackBudget(steps))
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -221,7 +217,7 @@ def eval_throughput(model: torch.nn.Module, test: ArrayDataset, batch: int, step
 
     attack = attack_for("fast-cnn", steps)
     x, y = test.batch(slice(0, batch))
-    pgd_rates = [batch / timed(lambda: pgd(model, x, y, attack.eps, step_size=attack.step_size, steps=steps))
+    pgd_rates = [batch / timed(lambda: pgd(model, x, y, attack.eps, step_size=attack.step_size, steps=attack.steps))
                  for _ in range(repeats + 1)][1:]
     xa, ya = test.batch(slice(0, aa_images))
     started = time.perf_counter()
@@ -251,7 +247,7 @@ def precision(model: torch.nn.Module, test: ArrayDataset, name: str, batch: int,
     for key, bf16 in (("fp32", False), ("bf16", True)):
         torch.manual_seed(0)
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
-            x_adv = pgd(model, x, y, attack.eps, step_size=attack.step_size, steps=20)
+            x_adv = attack(model, x, y)
         with torch.no_grad():  # judged in float32
             success[key] = (model(x_adv).argmax(1) != y).float().mean().item()
     return {"model": name, "train_images_per_s": rates, "attack_model": "fast-cnn", "attack_images": n_attack,
@@ -270,7 +266,7 @@ GRID: dict[str, dict[str, object]] = {
     "full": {"units": 6, "overrides": ("data.train_size=6000", "epochs=1", "eval.n=1000",
                                        "eval.autoattack_n=0"), "repeats": 2, "torchrun_train_size": 12000},
     "quick": {"units": 2, "overrides": ("data.train_size=200", "data.val_size=40", "epochs=1", "eval.n=40",
-                                        "eval.autoattack_n=0", "eval.pgd_steps=2", "eval.pgd_restarts=1"),
+                                        "eval.autoattack_n=0", "eval.pgd.steps=2", "eval.pgd.restarts=1"),
               "repeats": 1, "torchrun_train_size": 200},
 }
 TARGET_AALP, TARGET_REFERENCE = 1.05, 1.25
@@ -343,7 +339,7 @@ def grid_throughput(profile: str, data_root: Path) -> dict[str, object]:
 def torchrun_comparison(profile: str, data_root: Path) -> dict[str, float]:
     """Seconds of one epoch of one PGD-AT unit: one process with 2 threads, against two 1-thread processes
     under torchrun (gloo), each in a fresh run cache; and the largest weight difference between the two."""
-    from aalp.train import load_run
+    from aalp.runs import load_run
 
     overrides = ["model=fast-cnn", f"data.train_size={GRID[profile]['torchrun_train_size']}", "epochs=1"]
     seconds, directories = {}, {}

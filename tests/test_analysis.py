@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from aalp.attacks import PGDConfig
+from aalp.attacks import PGD, AttackBudget
 from aalp.audit import audit, best_white_box, cached_audit, pgd_accuracy
 from aalp.config import profile
 from aalp.contributions import channel_contribution, concentration, model_contributions
@@ -60,7 +60,7 @@ def test_contributions_restore_every_submodules_mode() -> None:
 def test_per_sample_parts_restores_mode_and_covers_every_sample() -> None:
     model = mnist_model().train()
     data = ArrayDataset(torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8), torch.arange(10))
-    parts = per_sample_parts(model, ALP(), data, PGDConfig(0.3, step_size=0.1, steps=1), epoch=0, batch_size=4)
+    parts = per_sample_parts(model, ALP(), data, PGD(0.3, AttackBudget(1, step_scale=0.1 * 1 / (0.3))), epoch=0, batch_size=4)
     assert model.training
     assert {"ce_adv", "pair", "conflict", "conflict_cos"} <= parts.keys()
     assert all(v.shape == (10,) for v in parts.values())
@@ -69,7 +69,7 @@ def test_per_sample_parts_restores_mode_and_covers_every_sample() -> None:
 def test_per_sample_parts_repeat_under_a_seed() -> None:
     model = mnist_model()
     data = ArrayDataset(torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8), torch.arange(10))
-    attack = PGDConfig(0.3, step_size=0.1, steps=2)
+    attack = PGD(0.3, AttackBudget(2, step_scale=0.1 * 2 / (0.3)))
     first = per_sample_parts(model, ALP(), data, attack, epoch=0)
     torch.rand(5)  # the global RNG moves on between the calls, as between notebook runs
     again = per_sample_parts(model, ALP(), data, attack, epoch=0)

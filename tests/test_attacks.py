@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from aalp.attacks import PGDConfig, cw_margin, fgsm, pgd, trades_kl
+from aalp.attacks import PGD, AttackBudget, cw_margin, fgsm, pgd, trades_kl
 
 EPS = 0.3
 
@@ -21,7 +21,7 @@ ATTACKS: dict[str, Callable[[nn.Module, Tensor, Tensor], Tensor]] = {
     "pgd-cw": lambda m, x, y: pgd(m, x, y, EPS, step_size=0.1, steps=5, loss="cw"),
     "pgd-targeted": lambda m, x, y: pgd(m, x, (y + 1) % 10, EPS, step_size=0.1, steps=5, targeted=True),
     "pgd-restarts": lambda m, x, y: pgd(m, x, y, EPS, step_size=0.1, steps=3, restarts=3),
-    "pgd-config": lambda m, x, y: PGDConfig(EPS, step_size=0.1, steps=3)(m, x, y),
+    "pgd-config": lambda m, x, y: PGD(EPS, AttackBudget(3, step_scale=0.1 * 3 / (EPS)))(m, x, y),
     "trades-kl": lambda m, x, y: trades_kl(m, x, EPS, step_size=0.1, steps=5),
 }
 
@@ -139,8 +139,27 @@ def test_bad_arguments(kwargs: dict, match: str, model: nn.Module, batch: tuple[
     args = {"eps": EPS, "step_size": 0.1, "steps": 2} | kwargs
     with pytest.raises(ValueError, match=match):
         pgd(model, *batch, **args)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"steps": 0}, "steps"), ({"restarts": 0}, "restarts"), ({"step_scale": 0.0}, "step_scale"),
+    ({"step_scale": float("nan")}, "step_scale"), ({"random_start": False, "restarts": 2}, "random_start"),
+])
+def test_bad_budgets(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        PGDConfig(**args)
+        AttackBudget(**({"steps": 2} | kwargs))
+
+
+def test_budget_step_rule_follows_eps_and_steps() -> None:
+    """α = step_scale · ε / steps: changing the steps or ε never keeps an old step size."""
+    assert AttackBudget(10).step_size(0.3) == pytest.approx(0.075)
+    assert AttackBudget(20).step_size(0.3) == pytest.approx(0.0375)
+    assert AttackBudget(10, step_scale=1.0).step_size(0.1) == pytest.approx(0.01)
+    assert PGD(0.2, AttackBudget(4)).step_size == pytest.approx(0.125)
+    assert [AttackBudget(40).name(), AttackBudget(40, restarts=2).name("cw"),
+            AttackBudget(5, random_start=False).name()] == ["pgd40", "cw40x2", "pgd5-nors"]
+    with pytest.raises(ValueError, match="eps"):
+        PGD(1.5, AttackBudget(4))
 
 
 def test_inputs_outside_unit_interval_rejected(model: nn.Module, batch: tuple[Tensor, Tensor]) -> None:

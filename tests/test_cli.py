@@ -24,7 +24,7 @@ HAVE_MNIST = all((DATA / "mnist" / f).is_file() for f in IDX_FILES)
 needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason="MNIST not fetched: run python -m aalp data fetch mnist")
 
 TINY = ["data.train_size=200", "data.val_size=50", "batch_size=50", "attack.steps=1", "val_attack.steps=1"]
-TINY_EVAL = ["eval.n=50", "eval.autoattack_n=0", "eval.pgd_steps=2", "eval.cw_steps=2"]
+TINY_EVAL = ["eval.n=50", "eval.autoattack_n=0", "eval.pgd.steps=2", "eval.cw.steps=2"]
 
 
 def call(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -68,10 +68,10 @@ BAD_INPUTS = [
     (["train", "--set", "epochs=0"], "epochs"),
     (["train", "--set", "epochs=-1"], "epochs"),
     (["train", "--set", "batch_size=0"], "batch_size"),
-    (["train", "--set", "attack.eps=1.5"], "attack.eps"),
+    (["train", "--set", "eps=1.5"], "eps"),
     (["train", "--set", "attack.steps=0"], "attack.steps"),
     (["train", "--set", "eval.eps=2"], "eval.eps"),
-    (["train", "--set", "eval.pgd_steps=0"], "eval.pgd_steps"),
+    (["train", "--set", "eval.pgd.steps=0"], "eval.pgd.steps"),
     (["train", "--set", "method.lam=-1"], "method.lam"),
     (["train", "--set", "method.gd_q_min=0"], "method.gd_q_min"),
     (["train", "--set", "method.weighting=bogus"], "bogus"),
@@ -85,7 +85,7 @@ BAD_INPUTS = [
     (["train", "--seed", "abc"], "abc"),
     (["train", "--data-dir", "{tmp}/nothing", "--method", "standard"], "python -m aalp data fetch mnist"),
     (["evaluate", "--method", "standard"], "not trained"),
-    (["evaluate", "--set", "eval.pgd_steps=0"], "eval.pgd_steps"),
+    (["evaluate", "--set", "eval.pgd.steps=0"], "eval.pgd.steps"),
     (["config", "--set", "epochs=abc"], "abc"),
     (["run", "--methods", "alp", "nope"], "nope"),
     (["run", "--seeds", "-1"], "seed"),

@@ -55,7 +55,7 @@ def test_every_profile_builds_and_validates(name: str, dataset: str, method: str
     assert t.data.dataset == dataset
     assert t.method.name == method
     assert MODELS[t.model].image_size == DATASETS[dataset].input_shape[1]
-    for eps in (t.attack.eps, t.val_attack.eps, cfg.eval.eps):
+    for eps in (t.eps, cfg.eval.eps):
         assert eps == pytest.approx(EPS[dataset])
     assert len(config_hash(t)) == 12 and int(config_hash(t), 16) >= 0
 
@@ -66,8 +66,7 @@ def test_every_profile_builds_and_validates(name: str, dataset: str, method: str
 def test_eps_per_dataset(name: str, dataset: str, eps: float) -> None:
     assert EPS[dataset] == pytest.approx(eps)
     cfg = profile(name, dataset, "alp")
-    assert cfg.train.attack.eps == pytest.approx(eps)
-    assert cfg.train.val_attack.eps == pytest.approx(eps)
+    assert cfg.train.eps == pytest.approx(eps)
     assert cfg.eval.eps == pytest.approx(eps)
 
 
@@ -92,6 +91,11 @@ def test_trades_beta_per_dataset(name: str, dataset: str, beta: float) -> None:
     ("method.guided_dropout=false", "train.method.guided_dropout", False),
     ("batch_size=64", "train.batch_size", 64),
     ("attack.steps=7", "train.attack.steps", 7),
+    ("attack.step_scale=1.5", "train.attack.step_scale", 1.5),
+    ("eval.pgd.restarts=3", "eval.pgd.restarts", 3),
+    ("eval.cw.steps=7", "eval.cw.steps", 7),
+    ("data.monitor_size=50", "train.data.monitor_size", 50),
+    ("threads=2", "train.threads", 2),
     ("model=madry-cnn", "train.model", "madry-cnn"),
     ("optim.lr=0.05", "train.optim.lr", 0.05),
     ("seed=4", "train.seed", 4),
@@ -104,12 +108,12 @@ def test_override_changes_exactly_that_field(override: str, key: str, value: Any
 
 def test_override_types() -> None:
     cfg = profile("smoke", "mnist", "aalp", ["epochs=3", "optim.milestones=0.5,0.9", "method.lam=1",
-                                             "data.train_size=none", "eval.pgd_step_size=0.01"])
+                                             "data.train_size=none", "eval.pgd.step_scale=1"])
     assert type(cfg.train.epochs) is int
     assert cfg.train.optim.milestones == (0.5, 0.9) and isinstance(cfg.train.optim.milestones, tuple)
     assert type(cfg.train.method.lam) is float and cfg.train.method.lam == 1.0
     assert cfg.train.data.train_size is None
-    assert cfg.eval.pgd_step_size == 0.01
+    assert cfg.eval.pgd.step_scale == 1.0 and type(cfg.eval.pgd.step_scale) is float
 
 
 @pytest.mark.parametrize("text, value", [("false", False), ("False", False), ("0", False), ("no", False),
@@ -128,7 +132,7 @@ def test_later_override_wins_and_whitespace_is_stripped() -> None:
 
 def test_eval_overrides_do_not_change_the_training_config() -> None:
     base = profile("smoke", "mnist", "aalp")
-    cfg = profile("smoke", "mnist", "aalp", ["eval.n=50", "eval.autoattack_n=0", "eval.pgd_steps=2"])
+    cfg = profile("smoke", "mnist", "aalp", ["eval.n=50", "eval.autoattack_n=0", "eval.pgd.steps=2"])
     assert cfg.train == base.train and config_hash(cfg.train) == config_hash(base.train)
     assert config_hash(cfg.eval) != config_hash(base.eval)
 
@@ -160,7 +164,8 @@ def test_config_hash_stable_across_processes() -> None:
 
 @pytest.mark.parametrize("override", [
     "epochs=2", "seed=1", "batch_size=99", "method.lam=0.6", "method.guided_dropout=false",
-    "method.weighting=ratio", "attack.steps=6", "attack.eps=0.2", "val_attack.steps=6", "optim.lr=0.002",
+    "method.weighting=ratio", "attack.steps=6", "eps=0.2", "val_attack.steps=6", "threads=2",
+    "attack.step_scale=2", "attack.restarts=2", "data.monitor_size=50", "optim.lr=0.002",
     "optim.milestones=0.5,0.8", "optim.name=sgd", "data.train_size=1500", "data.val_size=150",
     "data.subset=first", "model=madry-cnn",
 ])
@@ -182,7 +187,7 @@ def test_config_hash_of_equal_configs_built_two_ways() -> None:
     by_replace = dataclasses.replace(base, method=ALP(lam=1.0), epochs=2)
     assert by_override == by_replace
     assert config_hash(by_override) == config_hash(by_replace)
-    by_hand = TrainConfig(model=base.model, data=base.data, method=ALP(1.0), attack=base.attack,
+    by_hand = TrainConfig(model=base.model, data=base.data, method=ALP(1.0), eps=base.eps, attack=base.attack,
                           val_attack=base.val_attack, optim=base.optim, epochs=2, batch_size=base.batch_size,
                           seed=0)
     assert config_hash(by_hand) == config_hash(by_override)
@@ -229,12 +234,18 @@ BAD_OVERRIDES = [
     ("epochs=-1", ["epochs", "-1"]),
     ("batch_size=0", ["batch_size", "0"]),
     ("seed=-1", ["seed", "-1"]),
-    ("attack.eps=1.5", ["attack.eps", "1.5"]),
-    ("attack.eps=-0.1", ["attack.eps", "-0.1"]),
+    ("eps=1.5", ["eps", "1.5"]),
+    ("eps=-0.1", ["eps", "-0.1"]),
+    ("attack.eps=0.2", ["attack.eps", "AttackBudget"]),        # ε is the run's, not the budget's
+    ("threads=0", ["threads", "0"]),
+    ("eval.cw=3", ["eval.cw", "none"]),
+    ("eval.pgd=none", ["eval.pgd", "group"]),
+    ("data.monitor_size=5000", ["data.monitor_size", "data.val_size"]),
     ("attack.steps=0", ["attack.steps", "0"]),
     ("val_attack.steps=0", ["val_attack.steps", "0"]),
     ("eval.eps=2", ["eval.eps", "2"]),
-    ("eval.pgd_steps=0", ["eval.pgd_steps", "0"]),
+    ("eval.pgd.steps=0", ["eval.pgd.steps", "0"]),
+    ("eval.cw.step_scale=0", ["eval.cw.step_scale", "0"]),
     ("eval.n=0", ["eval.n", "0"]),
     ("method.lam=-1", ["method.lam", "-1"]),
     ("method.gd_q_min=0", ["method.gd_q_min", "0"]),
@@ -284,12 +295,12 @@ def test_validate_rejects_bad_eval_config_built_directly() -> None:
     cfg = profile("smoke")
     with pytest.raises(ConfigError, match="eval.autoattack_n"):
         validate(dataclasses.replace(cfg, eval=EvalConfig(0.3, n=10, autoattack_n=11)))
-    with pytest.raises(ConfigError, match="eval.pgd_step_size"):
-        validate(dataclasses.replace(cfg, eval=EvalConfig(0.3, pgd_step_size=0.0)))
+    with pytest.raises(ConfigError, match="eval.eps"):
+        validate(dataclasses.replace(cfg, eval=EvalConfig(1.3)))
 
 
-@pytest.mark.parametrize("override", ["optim.lr=nan", "method.lam=nan", "attack.step_size=nan",
-                                      "eval.pgd_step_size=nan"])
+@pytest.mark.parametrize("override", ["optim.lr=nan", "method.lam=nan", "attack.step_scale=nan",
+                                      "eval.pgd.step_scale=nan"])
 def test_nan_is_rejected(override: str) -> None:
     with pytest.raises(ConfigError) as info:
         profile("smoke", "mnist", "aalp", [override])

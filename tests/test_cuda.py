@@ -15,12 +15,13 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from aalp.attacks import PGDConfig, fgsm, pgd, trades_kl
+from aalp.attacks import PGD, AttackBudget, fgsm, pgd, trades_kl
 from aalp.config import profile
 from aalp.evaluate import evaluate_run
 from aalp.methods import METHODS, make_method
 from aalp.models import build_model
-from aalp.train import load_run, read_history, train
+from aalp.train import train
+from aalp.runs import load_run, read_history
 
 from .conftest import mnist_model
 
@@ -84,7 +85,7 @@ def test_every_parameter_gets_a_finite_gradient_under_bf16(method: str) -> None:
     model = mnist_model().cuda().train()
     x, y = cuda_batch()
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        out = make_method(method)(model, x, y, PGDConfig(EPS, step_size=0.1, steps=3), epoch=0)
+        out = make_method(method)(model, x, y, PGD(EPS, AttackBudget(3, step_scale=0.1 * 3 / (EPS))), epoch=0)
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     out.loss.backward()
     for name, p in model.named_parameters():
@@ -105,7 +106,7 @@ def test_paper_models_train_under_bf16_channels_last(name: str) -> None:
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     before = [m.running_mean.clone() for m in norms]
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        out = make_method("aalp")(model, x, y, PGDConfig(8 / 255, step_size=2 / 255, steps=2), epoch=0)
+        out = make_method("aalp")(model, x, y, PGD(8 / 255, AttackBudget(2, step_scale=2 / 255 * 2 / (8 / 255))), epoch=0)
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
@@ -116,7 +117,7 @@ def test_train_and_evaluate_on_cuda(tmp_path: Path, mnist_root: Path) -> None:
     """A run trained on CUDA (bf16 by default) loads on the CPU, and its evaluation on CUDA agrees with
     the CPU's on clean accuracy, and closely under attack."""
     cfg = profile("smoke", "mnist", "aalp", TINY + ["eval.n=200", "eval.autoattack_n=20",
-                                                    "eval.pgd_steps=10", "eval.cw_steps=0",
+                                                    "eval.pgd.steps=10", "eval.cw=none",
                                                     "eval.autoattack_version=standard"])
     directory = train(cfg.train, runs_root=tmp_path / "cuda", data_root=mnist_root, device="cuda",
                       progress=False, log=lambda s: None)

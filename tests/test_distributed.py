@@ -14,7 +14,7 @@ import torch
 
 from aalp import distributed
 from aalp.config import profile
-from aalp.train import build_for, load_run
+from aalp.runs import load_run, new_model
 
 ROOT = Path(__file__).resolve().parents[1]
 # 250 images in global batches of 63: the last batch (61) splits 31 / 30, which exercises loss_scale.
@@ -47,7 +47,7 @@ def test_two_gloo_processes_match_one(tmp_path: Path, mnist_root: Path) -> None:
     assert diff < TOLERANCE
     cfg = profile("smoke", "mnist", "pgd-at", TINY[TINY.index("--set") + 1:]).train
     torch.manual_seed(cfg.seed)  # the initial weights, as train() draws them
-    init = build_for(cfg).state_dict()
+    init = new_model(cfg).state_dict()
     moved = max((a[k].float() - init[k].float()).abs().max().item() for k in a)
     assert moved > 1000 * TOLERANCE, "training did not move the weights: equal runs would prove nothing"
     hist = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, two)]

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from aalp.attacks import AttackBudget
 from aalp.config import EvalConfig, profile
 from aalp.evaluate import autoattack, evaluate_run, evaluation_set, predict, robustness
-from aalp.train import load_run, train
+from aalp.train import train
+from aalp.runs import load_run
 
 QUIET = {"progress": False, "log": lambda s: None}
 
@@ -32,7 +34,7 @@ def test_batch(mnist_root: Path) -> tuple[torch.Tensor, torch.Tensor]:
 def test_worst_case_is_consistent(trained: Path, test_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
     model, _ = load_run(trained, "cpu")
     model.train()
-    cfg = EvalConfig(eps=0.1, n=200, pgd_steps=10, cw_steps=10, autoattack_n=0)
+    cfg = EvalConfig(eps=0.1, n=200, pgd=AttackBudget(10), cw=AttackBudget(10), autoattack_n=0)
     results = robustness(model, *test_batch, cfg, log=lambda s: None)
     assert model.training, "evaluation did not restore the model's mode"
     attacks = results["attacks"]
@@ -61,7 +63,7 @@ def test_our_pgd_is_as_strong_as_apgd_ce(trained: Path, test_batch: tuple[torch.
 
     model, _ = load_run(trained, "cpu")
     x, y = test_batch
-    ours = robustness(model, x, y, EvalConfig(eps=0.1, fgsm=False, pgd_steps=40, cw_steps=0),
+    ours = robustness(model, x, y, EvalConfig(eps=0.1, fgsm=False, pgd=AttackBudget(40), cw=None),
                       log=lambda s: None)["attacks"]["pgd40"]["accuracy"]
     aa = AutoAttack(model, eps=0.1, version="custom", attacks=["apgd-ce"], seed=0, device="cpu")
     aa.apgd.n_restarts = 1
@@ -84,7 +86,7 @@ def test_autoattack_standard_path(trained: Path, test_batch: tuple[torch.Tensor,
 def test_end_to_end_train_and_evaluate(tmp_path: Path, mnist_root: Path) -> None:
     """A tiny AALP run on real MNIST, evaluated with every attack incl. AutoAttack, cached as JSON."""
     cfg = profile("smoke", "mnist", "aalp", ["data.train_size=500", "data.val_size=50", "eval.n=60",
-                                             "eval.autoattack_n=20", "eval.pgd_steps=5", "eval.cw_steps=5"])
+                                             "eval.autoattack_n=20", "eval.pgd.steps=5", "eval.cw.steps=5"])
     directory = train(cfg.train, runs_root=tmp_path, data_root=mnist_root, **QUIET)
     results = evaluate_run(directory, cfg.eval, data_root=mnist_root, log=lambda s: None)
     files = list(directory.glob("eval-*.json"))

@@ -22,8 +22,9 @@ import torch
 from aalp import faults
 from aalp.checkpoint import CheckpointError, load_checkpoint, read_metadata
 from aalp.config import profile
-from aalp.evaluate import eval_path, evaluate_run
-from aalp.train import is_trained, load_run, read_history, run_dir, train
+from aalp.evaluate import evaluate_run
+from aalp.train import train
+from aalp.runs import eval_path, is_trained, load_run, read_history, run_dir
 
 from .conftest import mnist_model
 
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.train_size=120", "data.val_size=40", "batch_size=40", "attack.steps=1", "val_attack.steps=1",
         "epochs=2"]
-EVAL = ["eval.n=40", "eval.autoattack_n=0", "eval.pgd_steps=2", "eval.cw_steps=2"]
+EVAL = ["eval.n=40", "eval.autoattack_n=0", "eval.pgd.steps=2", "eval.cw.steps=2"]
 
 
 @pytest.mark.slow
@@ -212,7 +213,7 @@ def test_sigkill_at_random_moments(tmp_path: Path, mnist_root: Path, reference_r
     assert not list(directory.glob(".*.tmp")), "half-written files were left behind"
 
 
-EVAL_KILL = TINY + ["eval.n=60", "eval.pgd_steps=5", "eval.cw_steps=5", "eval.autoattack_n=20",
+EVAL_KILL = TINY + ["eval.n=60", "eval.pgd.steps=5", "eval.cw.steps=5", "eval.autoattack_n=20",
                     "eval.autoattack_version=apgd"]
 
 

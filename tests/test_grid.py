@@ -14,12 +14,12 @@ import pytest
 from aalp import faults
 from aalp.config import ConfigError
 from aalp.grid import Unit, main_grid, run_grid, run_unit
-from aalp.train import read_history
+from aalp.runs import read_history
 
 from .conftest import ROOT
 
 TINY = ("data.train_size=120", "data.val_size=40", "batch_size=40", "attack.steps=1", "val_attack.steps=1",
-        "epochs=2", "eval.n=40", "eval.autoattack_n=0", "eval.pgd_steps=2", "eval.cw_steps=2")
+        "epochs=2", "eval.n=40", "eval.autoattack_n=0", "eval.pgd.steps=2", "eval.cw.steps=2")
 UNITS = [Unit("mnist", "pgd-at", 0, TINY), Unit("mnist", "alp", 0, TINY), Unit("mnist", "aalp", 1, TINY)]
 
 

@@ -7,11 +7,11 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from aalp.attacks import PGDConfig
+from aalp.attacks import PGD, AttackBudget
 from aalp.methods import AALP, ALP, MART, METHODS, TRADES, make_method, pairing_conflict, sample_weights
 from aalp.models import Classifier, build_model
 
-ATTACK = PGDConfig(0.3, step_size=0.1, steps=2)
+ATTACK = PGD(0.3, AttackBudget(2, step_scale=0.1 * 2 / (0.3)))
 
 
 def _model(name: str) -> Classifier:
@@ -74,7 +74,7 @@ def test_guided_dropout_waits_for_warmup_and_is_off_in_eval() -> None:
 def test_alp_loss_matches_its_formula() -> None:
     model = _model("smallcnn").eval()  # eval: no standard dropout, so both computations see one model
     x, y = _batch((1, 28, 28))
-    attack = PGDConfig(0.3, step_size=0.1, steps=2, random_start=False)
+    attack = PGD(0.3, AttackBudget(2, step_scale=0.1 * 2 / (0.3), random_start=False))
     out = ALP(lam=0.5)(model, x, y, attack, 0)
     with torch.no_grad():
         z, z_adv = model(x), model(attack(model, x, y))

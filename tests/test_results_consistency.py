@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from aalp.config import profile
-from aalp.evaluate import eval_path
-from aalp.train import run_dir
+from aalp.runs import eval_path, run_dir
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 REBUILT = {"smoke"}

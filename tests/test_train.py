@@ -12,7 +12,8 @@ import torch
 
 from aalp.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from aalp.config import TrainConfig, profile
-from aalp.train import learning_rate, load_run, read_history, run_dir, train
+from aalp.train import learning_rate, train
+from aalp.runs import load_run, read_history, run_dir
 
 from .conftest import mnist_model
 
@@ -138,10 +139,10 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
 
 
 def test_eps_warmup_ramps_the_training_attack() -> None:
-    from aalp.attacks import PGDConfig
+    from aalp.attacks import PGD, AttackBudget
     from aalp.train import warmup_attack
 
-    attack = PGDConfig(0.3, step_size=0.075, steps=10)
+    attack = PGD(0.3, AttackBudget(10))
     ramp = [warmup_attack(attack, step, 4) for step in range(6)]
     assert [round(a.eps, 6) for a in ramp] == [0.075, 0.15, 0.225, 0.3, 0.3, 0.3]
     assert all(a.step_size / a.eps == pytest.approx(0.25) and a.steps == 10 for a in ramp)
