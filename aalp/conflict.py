@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 from torch.nn import functional as F
 
-from .attacks import PGDConfig, eval_mode, pgd
+from .attacks import PGD, eval_mode
 from .methods import AALP, ALP, Method, sample_weights
 from .models import Classifier
 
@@ -141,9 +141,9 @@ def parameter_conflict(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, la
     return {key: torch.cat(values) for key, values in out.items()}
 
 
-def craft_adversarial(model: nn.Module, x: Tensor, y: Tensor, attack: PGDConfig, *, seed: int = 0,
+def craft_adversarial(model: nn.Module, x: Tensor, y: Tensor, attack: PGD, *, seed: int = 0,
                       batch_size: int = 500) -> Tensor:
-    """``x' = PGD(x)`` with a run's training ``attack`` (its ε, step size, steps, restarts, loss), seeded.
+    """``x' = PGD(x)`` on the CE with a run's training ``attack`` (its ε and budget), seeded.
 
     The random starts come from one ``torch.Generator`` seeded with ``seed`` and consumed batch by batch,
     so the result is repeatable for a given ``(seed, batch_size)`` and does not touch the global RNG. The
@@ -155,9 +155,7 @@ def craft_adversarial(model: nn.Module, x: Tensor, y: Tensor, attack: PGDConfig,
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     generator = torch.Generator(device=x.device).manual_seed(seed)
     return torch.cat([
-        pgd(model, x[i:i + batch_size], y[i:i + batch_size], attack.eps, step_size=attack.step_size,
-            steps=attack.steps, random_start=attack.random_start, restarts=attack.restarts,
-            loss=attack.loss, generator=generator)
+        attack.budget(model, x[i:i + batch_size], y[i:i + batch_size], attack.eps, generator=generator)
         for i in range(0, x.shape[0], batch_size)
     ])
 

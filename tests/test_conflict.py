@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from aalp.attacks import PGDConfig
+from aalp.attacks import PGD, AttackBudget
 from aalp.conflict import (craft_adversarial, pairing_weights, parameter_conflict, per_sample_gradients,
                            summarize, weight_summary)
 from aalp.methods import AALP, ALP, pairing_conflict
@@ -115,7 +115,7 @@ def test_inputs_untouched_and_modes_restored() -> None:
     x, x_adv, y, w = _tiny_batch()
     copies = [t.clone() for t in (x, x_adv, y, w)]
     parameter_conflict(model, x, x_adv, y, 0.5, w, chunk_size=2)
-    attack = PGDConfig(0.1, step_size=0.05, steps=2)
+    attack = PGD(0.1, AttackBudget(2, step_scale=1.0))
     first = craft_adversarial(model, x, y, attack, seed=3, batch_size=2)
     again = craft_adversarial(model, x, y, attack, seed=3, batch_size=2)
     torch.testing.assert_close(first, again)
