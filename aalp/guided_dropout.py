@@ -14,7 +14,8 @@ With contributions ``c = feature_contribution(h, W, y)`` (no gradient flows thro
 with ``s = ĉ`` for ``direction="low"`` (weak features are dropped more; the default, which concentrates the
 decision on few strong features) and ``s = 1 − ĉ`` for ``direction="high"`` (the strongest features are
 dropped more, as in Excitation Dropout, Zunino et al. 2018 / Guided Dropout, Keshari et al. 2019).
-Dividing by ``q`` keeps ``E[h̃] = h``. In eval mode the module is the identity.
+Dividing by ``q`` keeps ``E[h̃] = h``. It acts in training only (``training=False``: the identity); AALP
+applies it between the model's features and its head (:class:`aalp.methods.AALP`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 Direction = Literal["low", "high"]
 
@@ -60,25 +61,3 @@ def guided_dropout(features: Tensor, contribution: Tensor, *, q_min: float = 0.5
     q = keep_probability(contribution, q_min=q_min, gamma=gamma, direction=direction)
     scale = torch.bernoulli(q) / q
     return features * scale.repeat(groups, 1)
-
-
-class GuidedDropout(nn.Module):
-    """Module form of :func:`guided_dropout`; the identity in eval mode.
-
-    Args:
-        q_min: keep probability of the least favoured feature, in (0, 1]; 1 disables dropout.
-        gamma: exponent shaping how fast the keep probability rises with the normalised contribution.
-        direction: ``"low"`` drops low-contribution features more, ``"high"`` drops the strongest more.
-    """
-
-    def __init__(self, q_min: float = 0.5, gamma: float = 1.0, direction: Direction = "low") -> None:
-        super().__init__()
-        keep_probability(torch.zeros(1, 1), q_min=q_min, gamma=gamma, direction=direction)  # validate
-        self.q_min, self.gamma, self.direction = q_min, gamma, direction
-
-    def forward(self, features: Tensor, contribution: Tensor, groups: int = 1) -> Tensor:
-        return guided_dropout(features, contribution, q_min=self.q_min, gamma=self.gamma,
-                              direction=self.direction, training=self.training, groups=groups)
-
-    def extra_repr(self) -> str:
-        return f"q_min={self.q_min}, gamma={self.gamma}, direction={self.direction!r}"

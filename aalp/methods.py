@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from .attacks import PGD, trades_kl
 from .contributions import feature_contribution
 from .guided_dropout import Direction, guided_dropout
-from .models import Classifier
+from .models import Classifier, paired
 
 
 @dataclass
@@ -144,7 +144,8 @@ class ALP(Method):
     def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGD,
                  epoch: int) -> MethodOutput:
         x_adv = attack(model, x, y)
-        logits, logits_adv = model(torch.cat([x, x_adv])).chunk(2)
+        with paired(model):
+            logits, logits_adv = model(torch.cat([x, x_adv])).chunk(2)
         return logit_pairing_loss(logits, logits_adv, y, self.lam)
 
 
@@ -301,7 +302,8 @@ class AALP(Method):
     def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGD,
                  epoch: int) -> MethodOutput:
         x_adv = attack(model, x, y)
-        h = model.features(torch.cat([x, x_adv]))
+        with paired(model):
+            h = model.features(torch.cat([x, x_adv]))
         if self.guided_dropout and model.training and epoch >= self.gd_warmup_epochs:
             h_clean, h_adv = h.detach().chunk(2)
             guide = h_clean if self.gd_source == "clean" else h_adv

@@ -6,7 +6,8 @@ Every model is ``logits = head(features(x))`` with ``features = body ∘ normali
 
 Architectures:
 
-- ``smallcnn``: the TRADES MNIST network (Zhang et al. 2019, github.com/yaodongyu/TRADES), 28×28×1.
+- ``smallcnn``: the TRADES MNIST network (Zhang et al. 2019, github.com/yaodongyu/TRADES), 28×28×1; its
+  dropout shares one mask across the clean and adversarial halves of a paired batch (:class:`PairedDropout`).
 - ``fast-cnn``: the MNIST network of Wong, Rice & Kolter 2020 ("Fast is better than free",
   arXiv 2001.03994), 28×28×1, ≈ 0.17 M parameters: 2 strided conv + FC, ≈ 17× cheaper than SmallCNN.
 - ``madry-cnn``: the Madry et al. 2018 MNIST challenge network, 28×28×1 (≈ 3.3 M parameters).
@@ -16,7 +17,8 @@ Architectures:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +67,53 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
+class PairedDropout(nn.Module):
+    """Dropout whose mask is shared by the stacked copies of a paired batch (clean and adversarial).
+
+    Inside :func:`paired`, a batch of ``groups · B`` rows is ``groups`` stacked copies of ``B`` samples
+    (ALP's mixed minibatch): one Bernoulli(1 − p) mask per sample, scaled by 1/(1 − p), multiplies every
+    copy, so logit pairing compares the two branches through the same sub-network instead of penalising
+    the difference of two independent dropout draws (the idea of Guided Dropout's shared mask). Outside
+    :func:`paired` it is ordinary dropout; in eval mode the identity.
+
+    Args:
+        p: drop probability, in [0, 1).
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+        self.groups = 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.shape[0] % self.groups:
+            raise ValueError(f"a paired batch of {x.shape[0]} rows is not {self.groups} stacked copies")
+        keep = torch.bernoulli(torch.full((x.shape[0] // self.groups, *x.shape[1:]), 1.0 - self.p,
+                                          dtype=x.dtype, device=x.device))
+        return x * (keep / (1.0 - self.p)).repeat(self.groups, *[1] * (x.dim() - 1))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+@contextmanager
+def paired(model: nn.Module, groups: int = 2) -> Iterator[None]:
+    """Within the block, every :class:`PairedDropout` of ``model`` treats a batch as ``groups`` stacked
+    copies and shares one mask across them."""
+    layers = [m for m in model.modules() if isinstance(m, PairedDropout)]
+    for layer in layers:
+        layer.groups = groups
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.groups = 1
+
+
 def _small_cnn(in_channels: int, dropout: float = 0.5) -> tuple[nn.Module, int]:
     body = nn.Sequential(
         nn.Conv2d(in_channels, 32, 3), nn.ReLU(),
@@ -75,7 +124,7 @@ def _small_cnn(in_channels: int, dropout: float = 0.5) -> tuple[nn.Module, int]:
         nn.MaxPool2d(2),
         nn.Flatten(),
         nn.Linear(64 * 4 * 4, 200), nn.ReLU(),
-        nn.Dropout(dropout),
+        PairedDropout(dropout),
         nn.Linear(200, 200), nn.ReLU(),
     )
     return body, 200

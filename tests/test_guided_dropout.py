@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aalp.contributions import feature_contribution
-from aalp.guided_dropout import GuidedDropout, guided_dropout, keep_probability
+from aalp.guided_dropout import guided_dropout, keep_probability
 
 
 def test_contribution_is_activation_times_true_class_weight() -> None:
@@ -42,15 +42,13 @@ def test_keep_probability_bounds_and_no_positive_contribution() -> None:
 
 
 def test_eval_mode_is_identity() -> None:
-    module = GuidedDropout(q_min=0.1).eval()
     h = torch.rand(8, 20)
-    assert module(h, torch.randn(8, 20)) is h
     assert guided_dropout(h, torch.randn(8, 20), training=False) is h
 
 
 def test_q_min_one_is_identity_in_training() -> None:
     h = torch.rand(8, 20)
-    assert torch.equal(GuidedDropout(q_min=1.0).train()(h, torch.randn(8, 20)), h)
+    assert torch.equal(guided_dropout(h, torch.randn(8, 20), q_min=1.0), h)
 
 
 def test_unbiased_and_drop_rates_follow_q() -> None:
@@ -90,7 +88,7 @@ def test_gradient_flows_through_kept_features_only() -> None:
 ])
 def test_bad_parameters(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        GuidedDropout(**kwargs)
+        guided_dropout(torch.rand(2, 3), torch.rand(2, 3), **kwargs)
 
 
 def test_shape_mismatch() -> None:
