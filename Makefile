@@ -1,12 +1,15 @@
 # Two entry points for a fresh clone (see README):  make run  (builds the book)  and  make test.
-# Each creates .venv on first use, installs the package with pinned torch/torchvision, and fetches data.
+# Each creates .venv on first use, installs the exact versions of requirements.lock, and fetches data.
+# make LOCK=0 ... installs from pyproject.toml's ranges instead (other platforms, newer versions).
 PYTHON  ?= python3
 PROFILE ?= smoke
+LOCK    ?= 1
 VENV    := .venv
+TOOLS   := .venv-tools
 PY      := $(VENV)/bin/python
-STAMP   := $(VENV)/.installed-stamp
+STAMP   := $(VENV)/.installed-$(if $(filter 0,$(LOCK)),ranges,lock)
 
-.PHONY: run test test-unit test-notebooks test-book test-faults book reproduce pdf data bench clean-runs
+.PHONY: run test test-lock test-unit test-notebooks test-book test-faults book reproduce pdf data bench lock clean-runs
 
 run: book  ## main job: the HTML book from the committed executed notebooks -> book/_build/html/index.html
 
@@ -16,7 +19,10 @@ book: $(STAMP)  ## the HTML book of the most complete committed profile (no data
 reproduce: data  ## execute the notebooks of PROFILE (smoke | cpu | paper); unchanged ones are skipped
 	$(PY) -m aalp reproduce --profile $(PROFILE)
 
-test: test-unit test-notebooks test-book  ## everything CI runs
+test: test-lock test-unit test-notebooks test-book  ## everything CI runs
+
+test-lock: $(STAMP)  ## requirements.lock pins pyproject.toml within its ranges; with the lock, .venv matches it
+	$(PY) .ci/check_lock.py $(if $(filter 0,$(LOCK)),,--installed)
 
 test-unit: data  ## unit tests (a few minutes on 2 cores)
 	$(PY) -m pytest -q tests
@@ -43,10 +49,21 @@ bench: data  ## training / evaluation throughput vs a reference loop and the FLO
 data: $(STAMP)  ## MNIST + Fashion-MNIST into data/, verified by SHA-256 (offline sources if needed)
 	$(PY) -m aalp data fetch mnist fashion-mnist
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
+ifeq ($(LOCK),0)
 	$(PY) -m pip install --quiet -e '.[dev]'
+else
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e '.[dev]'
+endif
+	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
+
+lock:  ## regenerate requirements.lock from pyproject.toml (pip-tools in .venv-tools; keeps the pins that still fit)
+	test -x $(TOOLS)/bin/pip-compile || { $(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/pip install --quiet pip-tools==7.6.2; }
+	CUSTOM_COMPILE_COMMAND='make lock' $(TOOLS)/bin/pip-compile --quiet --extra dev --strip-extras --allow-unsafe \
+	  --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
 clean-runs:  ## delete the local run cache of the CLI (runs/); results/<profile>/ are left alone
 	rm -rf runs

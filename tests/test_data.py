@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 import shutil
 import struct
 import sys
@@ -90,6 +91,18 @@ def test_idx_bad_magic_and_size(tmp_path: Path) -> None:
 def test_checksums_cover_all_idx_files() -> None:
     assert {name: sorted(files) for name, files in data._checksums().items()} == {
         "mnist": sorted(IDX_FILES), "fashion-mnist": sorted(IDX_FILES)}
+
+
+def test_data_readme_lists_the_checksums() -> None:
+    """data/README.md's checksum table is aalp/checksums.json: every row, and no other SHA-256 in the file."""
+    text = (DATA / "README.md").read_text()
+    rows = re.findall(r"^\|\s*`([\w-]+)`\s*\|\s*`([\w-]+)`\s*\|\s*`([0-9a-f]{64})`\s*\|\s*$", text, re.MULTILINE)
+    table: dict[str, dict[str, str]] = {}
+    for name, file, digest in rows:
+        assert file not in table.get(name, {}), f"{name}/{file} listed twice in data/README.md"
+        table.setdefault(name, {})[file] = digest
+    assert table == data._checksums()
+    assert sorted(re.findall(r"\b[0-9a-f]{64}\b", text)) == sorted(digest for _, _, digest in rows)
 
 
 def test_wrong_checksum_message(tmp_path: Path) -> None:
