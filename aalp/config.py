@@ -93,6 +93,8 @@ class TrainConfig:
             numerics of CPU convolutions depend on it (the same run at 1 and 2 threads ends with weights
             ≈ 0.05 apart after 10 epochs of the cpu profile), so a grid's lanes train every unit with the
             same count whatever the machine. Evaluation does not depend on it and uses every core.
+        trace_size: training images (class-balanced, seed 0) on which ALP and AALP runs measure Observation 2
+            in parameter space after every epoch (:func:`aalp.conflict.trace`; 0: not measured).
         eps_warmup: epochs over which the training attack's ε and step size ramp linearly to their
             full value, batch by batch (0: full ε from the first batch). Small networks
             trained at MNIST's ε = 0.3 from the first batch stay at chance (loss 2.303; seen here with
@@ -111,6 +113,7 @@ class TrainConfig:
     seed: int = 0
     eps_warmup: float = 0.0
     threads: int = 1
+    trace_size: int = 256
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if not 0 <= t.eps <= 1:
         raise ConfigError(f"eps must be in [0, 1] (inputs are in [0, 1]), got {t.eps}")
     _positive("threads", t.threads)
+    _positive("trace_size", t.trace_size, minimum=0)
     _positive("epochs", t.epochs)
     _positive("batch_size", t.batch_size)
     _positive("seed", t.seed, minimum=0)

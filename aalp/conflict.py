@@ -16,7 +16,7 @@ classification term, so one step of gradient descent on ``L_i`` raises ``C_i`` t
 It is measured with the model in eval mode, i.e. **without dropout**: Guided Dropout (and any
 ``nn.Dropout``) is a training-time perturbation, and batch norm uses its running statistics.
 
-**Why not the logit-space statistic** (:func:`aalp.methods.pairing_conflict`, on ``z'`` only, with
+**Why not the logit-space statistic** (which this project used first: on ``z'`` only, with
 ``g_ce = p(x') − e_y`` and ``g_pair = −2λw(z − z')/K``). CE is convex in the logits, so
 ``CE(z) ≥ CE(z') + g_ce·(z − z')``; a negative cosine there means ``g_ce·(z − z') > 0`` and hence
 ``CE(x) > CE(x')``: it only flags samples whose adversarial example came out *easier* than the clean
@@ -42,7 +42,7 @@ from .methods import AALP, ALP, Method, sample_weights
 from .models import Classifier
 
 __all__ = ["per_sample_gradients", "parameter_conflict", "craft_adversarial", "pairing_weights",
-           "summarize", "weight_summary"]
+           "summarize", "weight_summary", "traced", "trace"]
 
 
 def _check_inputs(x: Tensor, x_adv: Tensor, y: Tensor, lam: float, weight: Tensor | None,
@@ -227,3 +227,25 @@ def weight_summary(result: Mapping[str, Tensor], weight: Tensor | None = None) -
         "spearman_weight_cos": rho_cos, "spearman_weight_cos_p": p_cos,
         "spearman_weight_ratio": rho_ratio, "spearman_weight_ratio_p": p_ratio,
     }
+
+
+def traced(method: Method) -> bool:
+    """Whether the training loop traces Observation 2 for ``method`` (the logit-pairing methods)."""
+    return isinstance(method, (ALP, AALP))
+
+
+def trace(model: Classifier, method: Method, x: Tensor, y: Tensor, attack: PGD, *,
+          seed: int = 0) -> dict[str, float]:
+    """Observation 2 at one point of training, on fixed training images ``(x, y)``: the fractions of
+    samples where pairing opposes / opposes and outweighs classification, the median ratio, and AALP's
+    mean pairing weight on the conflict samples and on the others (NaN where a group is empty). The
+    adversarial examples come from ``attack`` seeded with ``seed``; the global RNG is left alone."""
+    x_adv = craft_adversarial(model, x, y, attack, seed=seed)
+    weight = pairing_weights(method, model, x, x_adv, y)
+    result = parameter_conflict(model, x, x_adv, y, method.lam, weight)
+    stats = summarize(result)
+    weights = weight_summary(result)
+    return {"obs2_conflict": stats["frac_conflict"], "obs2_opposes": stats["frac_opposes"],
+            "obs2_median_ratio": stats["median_ratio"],
+            "obs2_weight_conflict": weights["mean_weight_conflict"],
+            "obs2_weight_other": weights["mean_weight_other"]}

@@ -7,8 +7,8 @@ batch loss and its per-sample parts, detached, for analysis.
 
 Per-sample part names used across methods: ``ce_clean`` = CE(z(x), y), ``ce_adv`` = CE(z(x'), y),
 ``pair`` = ‖z(x) − z(x')‖²/K, ``kl`` = KL(p(x) ‖ p(x')), ``weight`` = the per-sample weight of the
-regulariser, ``correct_clean`` / ``correct_adv`` ∈ {0, 1}; ALP and AALP add the gradient-conflict
-statistics of :func:`pairing_conflict`, so their epoch means in the training metrics trace Observation 2.
+regulariser, ``correct_clean`` / ``correct_adv`` ∈ {0, 1}. Observation 2 (does ALP's pairing term pull
+against classification?) is measured in parameter space by :mod:`aalp.conflict`, per epoch in training.
 
 **Where AALP differs from ALP** is the :class:`AALP` class in this file: Guided Dropout on the
 penultimate features (:mod:`aalp.guided_dropout`) and the per-sample pairing weights of
@@ -85,23 +85,6 @@ class PGDAT(Method):
                                             "correct_adv": _correct(logits_adv, y)})
 
 
-def pairing_conflict(logits: Tensor, logits_adv: Tensor, y: Tensor, lam: float,
-                     weight: Tensor) -> dict[str, Tensor]:
-    r"""How the pairing term pulls against classification on the adversarial logits (Observation 2).
-
-    On ``z'`` the two gradients are closed-form: ``g_ce = ∂CE(z', y)/∂z' = p(x') − e_y`` and
-    ``g_pair = ∂(λ w ‖z − z'‖²/K)/∂z' = −2 λ w (z − z')/K``. Returns per sample their cosine
-    ``conflict_cos``, the norm ratio ``pair_grad_ratio = ‖g_pair‖ / ‖g_ce‖`` and ``conflict`` ∈ {0, 1}: the
-    pairing gradient opposes (cosine < 0) and outweighs (ratio > 1) the classification gradient.
-    """
-    with torch.no_grad():
-        g_ce = F.softmax(logits_adv, 1) - F.one_hot(y, logits_adv.shape[1]).to(logits_adv.dtype)
-        g_pair = -2.0 * lam * weight[:, None] * (logits - logits_adv) / logits_adv.shape[1]
-        cos = F.cosine_similarity(g_ce, g_pair, dim=1, eps=1e-12)
-        ratio = g_pair.norm(dim=1) / g_ce.norm(dim=1).clamp_min(1e-12)
-    return {"conflict_cos": cos, "pair_grad_ratio": ratio, "conflict": ((cos < 0) & (ratio > 1)).float()}
-
-
 def logit_pairing_loss(logits: Tensor, logits_adv: Tensor, y: Tensor, lam: float,
                        weight: Tensor | None = None) -> MethodOutput:
     r"""ALP's mixed-minibatch loss with optional per-sample pairing weights ``w`` (stop-gradient):
@@ -120,7 +103,6 @@ def logit_pairing_loss(logits: Tensor, logits_adv: Tensor, y: Tensor, lam: float
     return MethodOutput(loss, {
         "ce_clean": ce_clean.detach(), "ce_adv": ce_adv.detach(), "pair": pair.detach(), "weight": w,
         "correct_clean": _correct(logits, y), "correct_adv": _correct(logits_adv, y),
-        **pairing_conflict(logits, logits_adv, y, lam, w),
     })
 
 

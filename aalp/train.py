@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import __version__, distributed, faults
+from . import __version__, conflict, distributed, faults
 from .attacks import PGD, eval_mode
 from .checkpoint import atomic_write, file_lock, load_checkpoint, read_metadata, save_checkpoint, write_json
 from .runs import new_model, pick_device, run_dir
@@ -176,6 +176,8 @@ def train(cfg: TrainConfig, *, runs_root: str | Path = "runs", data_root: str | 
     dev = distributed.setup(pick_device(device))  # joins the process group under torchrun
     train_data, val_data = load_data(cfg, data_root)  # fails before the run directory exists
     val_data = subset(val_data, cfg.data.monitor_size, "balanced", seed=0)  # what the monitor attacks
+    trace_data = (subset(train_data, cfg.trace_size, "balanced", seed=0).to(dev)
+                  if cfg.trace_size and conflict.traced(cfg.method) else None)
     train_data, val_data = train_data.to(dev), val_data.to(dev)
     directory = run_dir(cfg, runs_root, distributed.world_size())
     if not distributed.is_writer():
@@ -183,7 +185,7 @@ def train(cfg: TrainConfig, *, runs_root: str | Path = "runs", data_root: str | 
     # a second process on the same config waits, then reuses the run; under torchrun rank 0 holds the lock
     with file_lock(directory / ".lock") if distributed.is_writer() else nullcontext():
         with intra_op_threads(cfg.threads if dev.type == "cpu" else None):
-            _train_locked(cfg, directory, train_data, val_data, dev, progress, callback, stop_after, log,
+            _train_locked(cfg, directory, train_data, val_data, trace_data, dev, progress, callback, stop_after, log,
                           channels_last, dev.type == "cuda" if bf16 is None else bf16)
     return directory
 
@@ -205,6 +207,7 @@ def _silent(message: str) -> None:
 
 
 def _train_locked(cfg: TrainConfig, directory: Path, train_data: ArrayDataset, val_data: ArrayDataset,
+                  trace_data: ArrayDataset | None,
                   dev: torch.device, progress: bool, callback: BatchCallback | None, stop_after: int | None,
                   log: Callable[[str], None], channels_last: bool, bf16: bool) -> None:
     writer = distributed.is_writer()
@@ -246,6 +249,9 @@ def _train_locked(cfg: TrainConfig, directory: Path, train_data: ArrayDataset, v
                                       eps_warmup=cfg.eps_warmup, bf16=bf16))
         record["train_seconds"] = time.perf_counter() - started
         record.update(monitor(model, val_data, PGD(cfg.eps, cfg.val_attack)))
+        if trace_data is not None:  # Observation 2 over training, on fixed training images
+            record.update(conflict.trace(model, cfg.method, *trace_data.tensors(), PGD(cfg.eps, cfg.attack),
+                                         seed=epoch_seed(cfg.seed, epoch)))
         record["seconds"] = time.perf_counter() - started
         record["machine"] = {**machine(), "device": str(dev), "processes": distributed.world_size(),
                              "bf16": bf16, "channels_last": channels_last}

@@ -16,6 +16,7 @@ from aalp.contributions import channel_contribution, concentration, model_contri
 from aalp.data import ArrayDataset
 from aalp.experiments import Run, class_breakdown, mean_std, paired_difference, rank_correlation
 from aalp.methods import ALP
+from aalp.models import PairedDropout
 from aalp.target_fit import per_sample_parts
 
 from .conftest import mnist_model
@@ -48,7 +49,7 @@ def test_contributions_sum_to_the_logit_and_channels_cover_the_conv() -> None:
 def test_contributions_restore_every_submodules_mode() -> None:
     """Both measures run in eval mode and give back each submodule's own mode, as the attacks do."""
     model = mnist_model("smallcnn").train()
-    frozen = next(m for m in model.modules() if isinstance(m, torch.nn.Dropout)).eval()  # one kept in eval
+    frozen = next(m for m in model.modules() if isinstance(m, PairedDropout)).eval()  # one kept in eval
     before = [m.training for m in model.modules()]
     x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
     first = model_contributions(model, x, y)
@@ -62,7 +63,7 @@ def test_per_sample_parts_restores_mode_and_covers_every_sample() -> None:
     data = ArrayDataset(torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8), torch.arange(10))
     parts = per_sample_parts(model, ALP(), data, PGD(0.3, AttackBudget(1, step_scale=0.1 * 1 / (0.3))), epoch=0, batch_size=4)
     assert model.training
-    assert {"ce_adv", "pair", "conflict", "conflict_cos"} <= parts.keys()
+    assert {"ce_clean", "ce_adv", "pair", "weight"} <= parts.keys()
     assert all(v.shape == (10,) for v in parts.values())
 
 

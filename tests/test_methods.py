@@ -8,7 +8,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from aalp.attacks import PGD, AttackBudget
-from aalp.methods import AALP, ALP, MART, METHODS, TRADES, make_method, pairing_conflict, sample_weights
+from aalp.methods import AALP, ALP, MART, METHODS, TRADES, make_method, sample_weights
 from aalp.models import Classifier, build_model
 
 ATTACK = PGD(0.3, AttackBudget(2, step_scale=0.1 * 2 / (0.3)))
@@ -158,16 +158,23 @@ def test_bad_method_parameters(name: str, params: dict, match: str) -> None:
         make_method(name, **params)
 
 
-def test_pairing_conflict_matches_autograd() -> None:
+def test_smallcnn_pairs_clean_and_adversarial_through_one_dropout_mask() -> None:
+    """ALP on SmallCNN with x' = x (ε = 0): with one dropout mask for both halves the logits are equal and
+    the pairing term is exactly 0 in training; ordinary dropout outside ``paired`` gives two masks."""
+    from aalp.models import PairedDropout, build_model, paired
+
     torch.manual_seed(0)
-    z, z_adv = torch.randn(6, 10), torch.randn(6, 10, requires_grad=True)
-    y, w = torch.randint(0, 10, (6,)), torch.rand(6)
-    g_ce, = torch.autograd.grad(F.cross_entropy(z_adv, y, reduction="sum"), z_adv)
-    g_pair, = torch.autograd.grad((0.5 * w * (z - z_adv).pow(2).mean(1)).sum(), z_adv)
-    out = pairing_conflict(z, z_adv.detach(), y, 0.5, w)
-    assert torch.allclose(out["conflict_cos"], F.cosine_similarity(g_ce, g_pair, dim=1), atol=1e-5)
-    assert torch.allclose(out["pair_grad_ratio"], g_pair.norm(dim=1) / g_ce.norm(dim=1), atol=1e-5)
-    expected = ((out["conflict_cos"] < 0) & (out["pair_grad_ratio"] > 1)).float()
-    assert torch.equal(out["conflict"], expected)
-    no_pull = pairing_conflict(z, z, y, 0.5, w)  # identical logits: no pairing gradient, no conflict
-    assert torch.equal(no_pull["conflict"], torch.zeros(6))
+    model = build_model("smallcnn", input_shape=(1, 28, 28), num_classes=10, mean=(0.5,), std=(0.5,)).train()
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    out = ALP(lam=1.0)(model, x, y, lambda m, a, b: a.clone(), epoch=0)  # an attack that returns x
+    assert model.training and out.parts["pair"].abs().max() == 0
+    twice = model(torch.cat([x, x])).chunk(2)
+    assert not torch.equal(*twice)  # outside paired: independent masks
+    with paired(model):
+        assert torch.equal(*model(torch.cat([x, x])).chunk(2))
+        with pytest.raises(ValueError, match="stacked"):
+            model(x[:3])
+    layer = next(m for m in model.modules() if isinstance(m, PairedDropout))
+    assert layer.groups == 1 and torch.equal(layer.eval()(x), x)
+    with pytest.raises(ValueError, match="dropout probability"):
+        PairedDropout(1.0)
