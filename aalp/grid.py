@@ -35,7 +35,7 @@ import torch
 
 from .config import ConfigError, RunConfig, check_profile, experiments, profile as profile_config
 from .evaluate import evaluate_run
-from .experiments import check_parameters
+from .parameters import check_parameters
 from .methods import METHODS
 from .runs import eval_path, is_trained, run_dir
 from .train import train

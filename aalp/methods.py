@@ -17,6 +17,7 @@ penultimate features (:mod:`aalp.guided_dropout`) and the per-sample pairing wei
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -198,7 +199,8 @@ class MART(Method):
 # AALP: where it differs from ALP. Everything below is our reconstruction of the abstract's two modules.
 # --------------------------------------------------------------------------------------------------
 
-Weighting = Literal["p_adv", "exp", "ratio", "correct", "one"]
+Weighting = Literal["p_adv", "exp", "ratio", "correct", "one", "p_wrong", "mart"]
+WEIGHTINGS: tuple[str, ...] = typing.get_args(Weighting)
 
 
 def sample_weights(variant: Weighting, logits_adv: Tensor, y: Tensor, pair: Tensor, *, lam: float,
@@ -210,7 +212,10 @@ def sample_weights(variant: Weighting, logits_adv: Tensor, y: Tensor, pair: Tens
     - ``"exp"``: ``w = exp(−β · CE(z', y))`` (``β = 1`` equals ``"p_adv"``);
     - ``"ratio"``: ``w = CE' / (CE' + λ · pair)``, the classification share of the sample's loss;
     - ``"correct"``: ``w = 1[argmax z' = y]``;
-    - ``"one"``: ``w ≡ 1`` (plain ALP).
+    - ``"one"``: ``w ≡ 1`` (plain ALP);
+    - the opposite direction, more pairing on the samples the model gets wrong under attack:
+      ``"p_wrong"``: ``w = 1 − p_y(x')``; ``"mart"``: ``w = 1 + β (1 − p_y(x'))``, the form of MART's
+      misclassification-aware weight (Wang et al. 2020).
 
     With ``normalize`` the weights are divided by their batch mean (keeping the average pairing strength).
     """
@@ -224,10 +229,14 @@ def sample_weights(variant: Weighting, logits_adv: Tensor, y: Tensor, pair: Tens
             w = ce_adv / (ce_adv + lam * pair).clamp_min(1e-12)
         elif variant == "correct":
             w = _correct(logits_adv, y)
+        elif variant == "p_wrong":
+            w = 1.0 - torch.exp(-ce_adv)
+        elif variant == "mart":
+            w = 1.0 + beta * (1.0 - torch.exp(-ce_adv))
         elif variant == "one":
             w = torch.ones_like(ce_adv)
         else:
-            raise ValueError(f"unknown weighting {variant!r}; choose p_adv, exp, ratio, correct or one")
+            raise ValueError(f"unknown weighting {variant!r}; choose one of {', '.join(WEIGHTINGS)}")
         if normalize:
             w = w / w.mean().clamp_min(1e-12)
     return w
@@ -276,8 +285,9 @@ class AALP(Method):
         _non_negative("gd_warmup_epochs", self.gd_warmup_epochs)
         if self.gd_source not in ("clean", "adv"):
             raise ValueError(f"gd_source must be 'clean' or 'adv', got {self.gd_source!r}")
-        if self.weighting not in ("p_adv", "exp", "ratio", "correct", "one"):
-            raise ValueError(f"unknown weighting {self.weighting!r}; choose p_adv, exp, ratio, correct or one")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+        _non_negative("weight_beta", self.weight_beta)
         guided_dropout(torch.zeros(1, 1), torch.zeros(1, 1), q_min=self.gd_q_min, gamma=self.gd_gamma,
                        direction=self.gd_direction)  # validates the dropout parameters
 

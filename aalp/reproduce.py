@@ -31,7 +31,7 @@ from typing import Any
 from . import faults, grid
 from .checkpoint import file_lock
 from .config import ConfigError, check_profile
-from .experiments import check_parameters
+from .parameters import check_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -135,6 +135,8 @@ def test_sample_weight_variants() -> None:
     assert torch.allclose(sample_weights("ratio", logits_adv, y, pair, lam=0.5), ce / (ce + 0.5 * pair))
     assert torch.equal(sample_weights("correct", logits_adv, y, pair, lam=0.5), torch.tensor([1.0, 0.0, 0.0]))
     assert torch.equal(sample_weights("one", logits_adv, y, pair, lam=0.5), torch.ones(3))
+    assert torch.allclose(sample_weights("p_wrong", logits_adv, y, pair, lam=0.5), 1 - p_y)
+    assert torch.allclose(sample_weights("mart", logits_adv, y, pair, lam=0.5, beta=6.0), 1 + 6 * (1 - p_y))
     normalized = sample_weights("p_adv", logits_adv, y, pair, lam=0.5, normalize=True)
     assert torch.isclose(normalized.mean(), torch.tensor(1.0))
     all_wrong = sample_weights("correct", logits_adv, torch.tensor([1, 0, 1]), pair, lam=0.5, normalize=True)

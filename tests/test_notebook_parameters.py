@@ -10,7 +10,8 @@ import papermill
 import pytest
 
 from aalp.config import ConfigError
-from aalp.experiments import Study, check_parameters
+from aalp.experiments import Study
+from aalp.parameters import check_parameters
 
 pytestmark = pytest.mark.faults
 

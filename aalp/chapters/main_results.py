@@ -1,0 +1,208 @@
+"""Chapter 3, main results: every method on every dataset, and AALP against ALP.
+
+Every model of a profile is evaluated on the same images (:func:`aalp.evaluate.evaluation_set`): clean,
+FGSM and PGD on all of them, AutoAttack on the first ``autoattack_n`` (a class-stratified random sample of
+the test split); the *worst case* of an image is robust only if every attack failed on it, so it is
+measured on the AutoAttack images. AALP − ALP is paired per image and seed, with the crossed bootstrap
+interval and the t-interval over seeds (:mod:`aalp.stats`); the verdict and "best method" follow
+:func:`aalp.stats.verdict` and :func:`aalp.stats.best_method`, and per-class differences are
+Holm-adjusted (:func:`aalp.stats.class_breakdown`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import stats
+from ..data import DATASETS
+from ..experiments import Run, Study
+from ..figures import LABELS, order, palette
+from ..parameters import check_parameters
+from ..publish import Fact, Phrase
+from ..tables import mean_std, results_frame
+
+PRIMARY = "worst_case"
+"""The comparison's score, declared before the results: per image, robust only if every attack failed."""
+
+
+@dataclass
+class MainResults:
+    """What chapter 3 computes (see the module docstring)."""
+
+    datasets: list[str]
+    seeds: list[int]
+    methods: list[str]
+    runs: dict[str, dict[str, list[Run]]]
+    frames: dict[str, pd.DataFrame]
+    comparisons: dict[str, dict[str, dict[str, Any]]]  # dataset → attack → stats.paired_difference
+    best: dict[str, dict[str, Any]]  # dataset → stats.best_method on PRIMARY
+    by_class: dict[str, pd.DataFrame]
+    facts: dict[str, Fact]
+
+    def table(self) -> pd.DataFrame:
+        """Accuracy per dataset and method under each attack, mean ± std over seeds, in percent."""
+        tables = {}
+        for d, frame in self.frames.items():
+            tables[d] = mean_std(frame, [c for c in frame.columns if c not in _NOT_ATTACKS])
+        return pd.concat(tables, names=["dataset"])
+
+    def masking(self) -> pd.DataFrame:
+        """Per model, the masking signals the evaluation saw: AutoAttack's own warnings and the fraction of
+        images where PGD ended below the clean loss (the logit-pairing signature)."""
+        rows = []
+        for d, by_method in self.runs.items():
+            for method, runs in by_method.items():
+                for run in runs:
+                    pgd_entry = next(e for k, e in run.results["attacks"].items() if k.startswith("pgd"))
+                    rows.append({"dataset": d, "method": method, "seed": run.seed,
+                                 "AutoAttack warnings": len(run.warnings),
+                                 "PGD ends below the clean loss": pgd_entry.get("adv_easier", np.nan),
+                                 "first warning": run.warnings[0][:120] if run.warnings else ""})
+        return pd.DataFrame(rows).set_index(["dataset", "method", "seed"])
+
+    def details(self) -> dict[str, Any]:
+        """JSON-ready records for ``results/<profile>/03_main_results.json``."""
+        return {"datasets": self.datasets, "seeds": self.seeds, "methods": self.methods,
+                "per_run": {d: f.to_dict("records") for d, f in self.frames.items()},
+                "comparisons": self.comparisons, "best": self.best,
+                "by_class": {d: t.reset_index().to_dict("records") for d, t in self.by_class.items()},
+                "runs": {d: {m: [r.directory.name for r in rs] for m, rs in ms.items()} for d, ms in self.runs.items()}}
+
+
+_NOT_ATTACKS = ("method", "seed", "eval_seconds", "train_seconds", "epochs", "autoattack_version",
+                "autoattack_warnings", "adv_easier")
+
+
+def bits(runs: Sequence[Run], attack: str = PRIMARY) -> np.ndarray:
+    """The (seeds, images) robustness bits of ``runs`` under ``attack``, cut to the images all share."""
+    rows = [run.bits(attack) for run in runs]
+    n = min(len(r) for r in rows)
+    return np.stack([r[:n] for r in rows])
+
+
+def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | None = None,
+            methods: list[str] | None = None) -> MainResults:
+    """Train (if not cached), evaluate and compare every method; see the module docstring."""
+    methods = methods or list(order(LABELS))
+    check_parameters(datasets=datasets, seeds=seeds, methods=methods)
+    datasets = list(datasets or study.settings.datasets)
+    seeds = list(seeds or study.settings.seeds)
+    runs = study.runs(datasets, methods, seeds)
+    frames = {d: results_frame([r for rs in runs[d].values() for r in rs]) for d in datasets}
+    comparisons, best, by_class = {}, {}, {}
+    facts: dict[str, Fact] = {"main_profile": Phrase(study.profile), "main_seeds": Phrase(", ".join(map(str, seeds))),
+                              "main_n_seeds": len(seeds)}
+    for d in datasets:
+        worst = {m: bits(runs[d][m]) for m in methods}
+        best[d] = stats.best_method(worst)
+        facts[f"{d}_best_method"] = Phrase(_label_list(best[d]["text"]))
+        facts[f"{d}_aa_images"] = runs[d][methods[0]][0].entry("autoattack")["n"]
+        facts[f"{d}_warned_models"] = sum(bool(r.warnings) for rs in runs[d].values() for r in rs)
+        facts[f"{d}_models"] = sum(len(rs) for rs in runs[d].values())
+        if not {"alp", "aalp"} <= set(methods):
+            continue
+        comparisons[d] = {attack: stats.paired_difference(bits(runs[d]["aalp"], attack), bits(runs[d]["alp"], attack))
+                          for attack in (PRIMARY, "autoattack")}
+        for attack, key in ((PRIMARY, "diff"), ("autoattack", "diff_aa")):
+            c = comparisons[d][attack]
+            for part in ("estimate", "low", "high", "t_low", "t_high", "ceiling"):
+                facts[f"{d}_{key}" + ("" if part == "estimate" else f"_{part}")] = c[part]
+        facts[f"{d}_verdict"] = Phrase(stats.verdict(comparisons[d][PRIMARY]))
+        for m in ("alp", "aalp"):
+            facts[f"{d}_{m}_worst"] = float(np.mean([r.accuracy(PRIMARY) for r in runs[d][m]]))
+            facts[f"{d}_{m}_aa"] = float(np.mean([r.accuracy("autoattack") for r in runs[d][m]]))
+            facts[f"{d}_{m}_clean"] = float(np.mean([r.accuracy("clean") for r in runs[d][m]]))
+        a, b = bits(runs[d]["aalp"]), bits(runs[d]["alp"])
+        labels = study.evaluated_images(runs[d]["alp"][0], a.shape[1])[1].numpy()
+        by_class[d] = stats.class_breakdown(a, b, labels, DATASETS[d].classes, names=("AALP", "ALP"))
+        t = by_class[d]
+        facts.update({f"{d}_only_alp": float(t["only ALP"].sum()), f"{d}_only_aalp": float(t["only AALP"].sum()),
+                      f"{d}_compared": int(t["images"].sum()),
+                      f"{d}_classes_worse": _classes(t, lambda r: r["AALP − ALP"] < 0),
+                      f"{d}_classes_better": _classes(t, lambda r: r["AALP − ALP"] > 0)})
+    return MainResults(datasets, seeds, methods, runs, frames, comparisons, best, by_class, facts)
+
+
+def _label_list(text: str) -> str:
+    """``"mart"`` → ``"MART"``; ``"tied: mart, trades"`` → ``"tied: MART, TRADES"``."""
+    if text.startswith("tied: "):
+        return "tied: " + ", ".join(LABELS.get(m, m) for m in text[len("tied: "):].split(", "))
+    return LABELS.get(text, text)
+
+
+def _classes(table: pd.DataFrame, side: Any) -> Phrase:
+    picked = [f"{name} ({row['AALP − ALP']:+.1%})" for name, row in table.iterrows()
+              if row["significant"] and side(row)]
+    return Phrase(", ".join(picked) or "none")
+
+
+def plot_accuracy(result: MainResults) -> Any:
+    """Bars of accuracy per attack and method, one panel per dataset (mean over seeds, SD bars)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    long = pd.concat([f.assign(dataset=d) for d, f in result.frames.items()])
+    attacks = [c for c in long.columns if c not in (*_NOT_ATTACKS, "dataset")]
+    long = long.melt(id_vars=["dataset", "method", "seed"], value_vars=attacks, var_name="attack",
+                     value_name="accuracy")
+    grid = sns.catplot(data=long, x="attack", y="accuracy", hue="method", col="dataset", kind="bar", height=3.6,
+                       aspect=1.3, errorbar="sd", hue_order=order(result.methods), palette=palette(), col_wrap=1)
+    grid.set_xticklabels(rotation=20)
+    plt.close(grid.figure)
+    return grid.figure
+
+
+def plot_difference(result: MainResults) -> Any:
+    """AALP − ALP per seed and pooled, with both intervals, per dataset: the comparison at a glance."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
+
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.9 * len(result.comparisons)))
+    y = 0
+    ticks, names = [], []
+    for d, comps in result.comparisons.items():
+        c = comps[PRIMARY]
+        ax.scatter(c["per_seed"], [y + 0.2] * len(c["per_seed"]), color="#999999", s=18, zorder=2,
+                   label="one seed" if y == 0 else None)
+        ax.errorbar(c["estimate"], y, xerr=[[c["estimate"] - c["low"]], [c["high"] - c["estimate"]]], fmt="o",
+                    color=palette()["aalp"], capsize=4, label="pooled, crossed 95 % interval" if y == 0 else None)
+        if not np.isnan(c["t_low"]):
+            ax.errorbar(c["estimate"], y - 0.2, xerr=[[c["estimate"] - c["t_low"]], [c["t_high"] - c["estimate"]]],
+                        fmt="s", color="#444444", capsize=4, ms=4, label="t-interval over seeds" if y == 0 else None)
+        ticks.append(y)
+        names.append(d)
+        y += 1
+    ax.axvline(0, color="black", lw=1)
+    ax.set(yticks=ticks, yticklabels=names, xlabel="AALP − ALP, worst-case accuracy")
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_by_class(result: MainResults) -> Any:
+    """AALP − ALP per true class with its crossed interval (filled: significant after Holm)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
+
+    fig, axes = plt.subplots(1, len(result.by_class), figsize=(5.2 * len(result.by_class), 3.8), squeeze=False)
+    for ax, (d, t) in zip(axes[0], result.by_class.items()):
+        diff = t["AALP − ALP"]
+        ax.errorbar(diff, range(len(t)), xerr=[diff - t["low"], t["high"] - diff], fmt="none", capsize=3,
+                    color="#777777")
+        ax.scatter(diff, range(len(t)), c=[palette()["aalp"] if s else "white" for s in t["significant"]],
+                   edgecolors=palette()["aalp"], zorder=3)
+        ax.axvline(0, color="black", lw=1)
+        ax.set(yticks=range(len(t)), yticklabels=t.index, xlabel="AALP − ALP (95 % interval)", title=d)
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.invert_yaxis()
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -1,0 +1,155 @@
+"""Chapter 5, the gradient-masking audit: is each model's number the number of an attack that works on it?
+
+Every model of the main table gets the cheap audit (:func:`aalp.audit.audit` with ``full=False``: PGD by
+steps and by ε with no tolerance on the ε curve, CE and CW-margin PGD with and without random start with
+restarts, the fraction of images where PGD ends below the clean loss, AutoAttack's own warnings); the
+models of ``full_audit_seeds`` also get the full one (restarts until accuracy stops falling, Square — with
+more restarts where AutoAttack warned —, transfer from an independently trained PGD-AT model). The audit
+attacks the model's own AutoAttack images, so its per-image results merge with the evaluation's: an image
+counts as robust only if no attack of either broke it (the *final worst case*).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..experiments import Run, Study
+from ..figures import LABELS, order, palette
+from ..parameters import check_parameters
+from ..publish import Fact, Phrase
+
+
+@dataclass
+class Audits:
+    """What chapter 5 computes (see the module docstring)."""
+
+    datasets: list[str]
+    seeds: list[int]
+    full_seeds: list[int]
+    methods: list[str]
+    rows: pd.DataFrame  # one row per audited model
+    audits: dict[tuple[str, str, int, bool], dict[str, Any]]  # (dataset, method, seed, full) → audit result
+    facts: dict[str, Fact]
+
+    def table(self) -> pd.DataFrame:
+        """Every model's numbers beside its masking signals."""
+        return self.rows.set_index(["dataset", "method", "seed"])
+
+    def details(self) -> dict[str, Any]:
+        return {"datasets": self.datasets, "seeds": self.seeds, "full_audit_seeds": self.full_seeds,
+                "methods": self.methods, "models": self.rows.to_dict("records"),
+                "audits": [{"dataset": d, "method": m, "seed": s, "full": f, **{k: v for k, v in a.items()
+                                                                                 if k != "attacks"}}
+                           for (d, m, s, f), a in self.audits.items()]}
+
+
+def _bits(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), dtype=np.uint8) - ord("0")
+
+
+def final_worst_case(run: Run, audit: dict[str, Any]) -> float:
+    """Accuracy on the audited images counting an image robust only if neither the evaluation's attacks
+    (its worst case) nor any of the audit's broke it."""
+    audited = _bits(audit["worst_case"]["robust"])
+    evaluated = run.bits("worst_case")[: len(audited)]
+    if len(evaluated) != len(audited):
+        raise ValueError(f"the audit attacked {len(audited)} images, the evaluation's worst case has "
+                         f"{len(evaluated)}: audit the model's AutoAttack images")
+    return float((audited & evaluated).mean())
+
+
+def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | None = None,
+            full_audit_seeds: list[int] | None = None, methods: list[str] | None = None,
+            n_images: int | None = None, steps: list[int] | None = None,
+            square_queries: int | None = None) -> Audits:
+    """Audit every model of the main table (cheap) and those of ``full_audit_seeds`` (full); see the
+    module docstring."""
+    methods = methods or list(order(LABELS))
+    check_parameters(datasets=datasets, seeds=seeds, full_audit_seeds=full_audit_seeds, methods=methods,
+                     n_images=n_images, steps=steps, square_queries=square_queries)
+    settings = study.settings
+    datasets = list(datasets or settings.datasets)
+    seeds = list(seeds or settings.seeds)
+    full_seeds = list(full_audit_seeds or seeds[:1])
+    steps = list(steps or settings.audit_steps)
+    square_queries = square_queries or settings.audit_square_queries
+    rows, audits = [], {}
+    for d in datasets:
+        for m in methods:
+            for s in sorted(set(seeds) | set(full_seeds)):
+                run = study.run(d, m, s)
+                n = min(n_images or settings.audit_n, run.entry("autoattack")["n"])
+                x, y = study.evaluated_images(run, n)
+                kwargs = {"autoattack_warnings": run.warnings, "steps": steps}
+                cheap = study.audit(run, x, y, full=False, **kwargs)
+                audits[(d, m, s, False)] = cheap
+                result = cheap
+                if s in full_seeds:
+                    surrogate = study.run(d, "pgd-at", s + 1, evaluate=False)  # independent of every model here
+                    result = study.audit(run, x, y, full=True, surrogate=surrogate, square_queries=square_queries,
+                                         **kwargs)
+                    audits[(d, m, s, True)] = result
+                rows.append({"dataset": d, "method": m, "seed": s, "audit": "full" if s in full_seeds else "cheap",
+                             "images": n, "worst case (evaluation)": float(run.bits("worst_case")[:n].mean()),
+                             "final worst case": final_worst_case(run, result),
+                             "PGD below clean loss": result["adv_easier"]["fraction"],
+                             "masking signals": "; ".join(s.split(":")[0] for s in result["masking_signals"]) or "none",
+                             "passed": result["passed"]})
+    frame = pd.DataFrame(rows)
+    return Audits(datasets, seeds, full_seeds, methods, frame, audits, _facts(frame, audits))
+
+
+def _facts(frame: pd.DataFrame, audits: dict[tuple[str, str, int, bool], dict[str, Any]]) -> dict[str, Fact]:
+    failing = frame[~frame["passed"]]
+    signals = Counter(name.split(":")[0] for a in audits.values() for name in a["masking_signals"])
+    drop = frame["worst case (evaluation)"] - frame["final worst case"]
+    worst = frame.loc[drop.idxmax()]
+    facts: dict[str, Fact] = {
+        "audit_n_models": len(frame), "audit_n_failing": len(failing),
+        "audit_failing": Phrase(", ".join(f"{LABELS.get(r.method, r.method)} ({r.dataset}, seed {r.seed})"
+                                          for r in failing.itertuples()) or "none"),
+        "audit_signals": Phrase(", ".join(f"{name} ({count}×)" for name, count in signals.most_common()) or "none"),
+        "audit_largest_drop": float(drop.max()),
+        "audit_largest_drop_model": Phrase(f"{LABELS.get(worst.method, worst.method)} ({worst.dataset}, seed {worst.seed})"),
+        "audit_images": int(frame["images"].max()),
+    }
+    for (d, m), group in frame.groupby(["dataset", "method"], sort=False):
+        facts[f"audit_{d}_{m}_final"] = float(group["final worst case"].mean())
+        facts[f"audit_{d}_{m}_easier"] = float(group["PGD below clean loss"].mean())
+        facts[f"audit_{d}_{m}_signals"] = Phrase(", ".join(sorted({s for text in group["masking signals"]
+                                                                   for s in text.split("; ") if s != "none"})) or "none")
+    return facts
+
+
+def plot_curves(result: Audits) -> Any:
+    """Accuracy against PGD steps and against ε, per method, for the first full-audit seed: a working
+    attack's curve levels off with steps and falls to zero with ε."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    seed = result.full_seeds[0]
+    rows = []
+    for (d, m, s, full), a in result.audits.items():
+        if s != seed or not full:
+            continue
+        rows += [{"dataset": d, "method": m, "curve": "steps", "x": p["steps"], "accuracy": p["accuracy"]}
+                 for p in a["steps_curve"]]
+        rows += [{"dataset": d, "method": m, "curve": "ε", "x": p["eps"], "accuracy": p["accuracy"]}
+                 for p in a["eps_curve"]]
+    long = pd.DataFrame(rows)
+    fig, axes = plt.subplots(len(result.datasets), 2, figsize=(10, 3.4 * len(result.datasets)), squeeze=False)
+    for row, d in zip(axes, result.datasets):
+        for ax, curve in zip(row, ("steps", "ε")):
+            data = long[(long.dataset == d) & (long.curve == curve)]
+            sns.lineplot(data=data, x="x", y="accuracy", hue="method", hue_order=order(result.methods),
+                         palette=palette(), marker="o", ax=ax, legend=curve == "steps" and d == result.datasets[0])
+            ax.set(xlabel="PGD steps" if curve == "steps" else "ε", title=f"{d}: PGD by {curve}",
+                   xscale="log" if curve == "steps" else "linear")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
