@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .audit import cached_audit
-from .checkpoint import write_json
+from .checkpoint import atomic_write, write_json
 from .config import CACHE_VERSION, Experiments, RunConfig, experiments, profile as profile_config
 from .data import ArrayDataset, load_dataset, subset
 from .evaluate import evaluate_run, evaluation_set
@@ -145,10 +145,17 @@ class Study:
                           **results})
         return path
 
-    def publish(self, notebook: str, facts: dict[str, Fact], details: dict[str, Any] | None = None) -> Path:
+    def publish(self, notebook: str, facts: dict[str, Fact], details: dict[str, Any] | None = None, *,
+                figures: dict[str, Any] | None = None) -> Path:
         """Glue every fact for the book (:func:`aalp.publish.publish`) and save them, with ``details``
-        (JSON-ready tables and records), to ``results/<profile>/<notebook>.json``."""
+        (JSON-ready tables and records), to ``results/<profile>/<notebook>.json``; ``figures`` (matplotlib
+        figures by name) go to ``results/<profile>/figures/<name>.png``, which the book's own pages show
+        (:func:`aalp.reproduce.build_book` copies them to ``book/figures/``)."""
         publish(facts)
+        for name, fig in (figures or {}).items():
+            path = self.results_dir / "figures" / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
         return self.save(notebook, {"facts": as_json(facts), **(details or {})})
 
     def load(self, notebook: str) -> dict[str, Any]:

@@ -165,6 +165,9 @@ def build_book(profile: str, *, root: Path = ROOT, builder: str = "html",
     for name in NOTEBOOKS:
         shutil.copy2(source / f"{name}.ipynb", target / f"{name}.ipynb")
         faults.reach("book-build")
+    figures = book / "figures"  # the figures the book's own pages show (aalp.experiments.Study.publish)
+    shutil.rmtree(figures, ignore_errors=True)
+    shutil.copytree(results_dir(profile, root) / "figures", figures)
     # --all: Sphinx would otherwise keep pages whose source did not change, with stale glued numbers
     command = [str(Path(sys.executable).with_name("jupyter-book")), "build", "--all", "-W", "-n",
                "--keep-going", "--builder", builder, str(book)]

@@ -110,8 +110,9 @@ def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | 
                           for attack in (PRIMARY, "autoattack")}
         for attack, key in ((PRIMARY, "diff"), ("autoattack", "diff_aa")):
             c = comparisons[d][attack]
-            for part in ("estimate", "low", "high", "t_low", "t_high", "ceiling"):
+            for part in ("estimate", "low", "high", "ceiling"):
                 facts[f"{d}_{key}" + ("" if part == "estimate" else f"_{part}")] = c[part]
+            facts[f"{d}_{key}_t"] = Phrase(_t_interval(c))
         facts[f"{d}_verdict"] = Phrase(stats.verdict(comparisons[d][PRIMARY]))
         for m in ("alp", "aalp"):
             facts[f"{d}_{m}_worst"] = float(np.mean([r.accuracy(PRIMARY) for r in runs[d][m]]))
@@ -133,6 +134,13 @@ def _label_list(text: str) -> str:
     if text.startswith("tied: "):
         return "tied: " + ", ".join(LABELS.get(m, m) for m in text[len("tied: "):].split(", "))
     return LABELS.get(text, text)
+
+
+def _t_interval(diff: dict[str, Any]) -> str:
+    """The t-interval over seeds in percentage points, or why there is none."""
+    if diff["seeds"] < 2:
+        return "none with one seed"
+    return f"{100 * diff['t_low']:+.1f} to {100 * diff['t_high']:+.1f} points"
 
 
 def _classes(table: pd.DataFrame, side: Any) -> Phrase:
