@@ -1,5 +1,5 @@
 """Analyses the notebooks rely on: concentration measures, contributions at two layers, per-sample parts,
-the audit's checks, tables and paired differences."""
+tables and paired differences (the audit's tests are in test_audit.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from aalp.attacks import PGD, AttackBudget
-from aalp.audit import audit, best_white_box, cached_audit, pgd_accuracy
 from aalp.config import profile
 from aalp.contributions import channel_contribution, concentration, model_contributions
 from aalp.data import ArrayDataset
@@ -77,41 +76,6 @@ def test_per_sample_parts_repeat_under_a_seed() -> None:
     other = per_sample_parts(model, ALP(), data, attack, epoch=0, seed=1)
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not torch.equal(first["pair"], other["pair"])
-
-
-def test_audit_on_an_untrained_model() -> None:
-    model = mnist_model()
-    torch.manual_seed(0)
-    x, y = torch.rand(20, 1, 28, 28), torch.randint(0, 10, (20,))
-    result = audit(model, x, y, 0.1, surrogate=mnist_model(seed=1), steps=(2, 10), eps_scale=(1, 10),
-                   restarts=2, square_queries=20)
-    assert [p["steps"] for p in result["steps_curve"]] == [2, 10]
-    assert [p["eps"] for p in result["eps_curve"]] == [0.0, 0.1, 1.0]
-    largest = result["eps_curve"][-1]["accuracy"]
-    assert result["checks"]["large_eps_breaks_model"]["passed"] == (largest <= 0.05)
-    assert set(result["checks"]) == {"more_steps_not_weaker", "large_eps_breaks_model", "restarts_change_little",
-                                     "black_box_not_stronger", "transfer_not_stronger"}
-    assert result["passed"] == all(c["passed"] for c in result["checks"].values())
-    assert pgd_accuracy(model, x, y, 0.0, 5) == result["eps_curve"][0]["accuracy"]
-    best = best_white_box(result)  # the number the black-box check compares with, as the notebook shows it
-    assert best == min(result["steps_curve"][-1]["accuracy"], result["pgd_restarts"])
-    assert f"best white-box PGD {best:.3f}" in result["checks"]["black_box_not_stronger"]["detail"]
-    assert result["checks"]["black_box_not_stronger"]["passed"] == (result["square"] >= best - 0.02)
-
-
-def test_cached_audit_runs_once_per_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = mnist_model()
-    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    kwargs = {"steps": (1, 2), "eps_scale": (1, 10), "restarts": 1, "square_queries": 5}
-    first = cached_audit(tmp_path, model, x, y, 0.1, **kwargs)
-    calls = []
-    monkeypatch.setattr("aalp.audit.audit", lambda *a, **k: calls.append(1) or {"recomputed": True})
-    assert cached_audit(tmp_path, model, x, y, 0.1, **kwargs) == first and not calls
-    cached_audit(tmp_path, model, x, y, 0.2, **kwargs)  # another ε: another audit
-    cached_audit(tmp_path, model, x.flip(0), y.flip(0), 0.1, **kwargs)  # other images: likewise
-    assert len(calls) == 2 and len(list(tmp_path.glob("audit-*.json"))) == 3
-    with pytest.raises(ValueError, match="surrogate_name"):
-        cached_audit(tmp_path, model, x, y, 0.1, surrogate=model, **kwargs)
 
 
 def _run(bits: str, seed: int = 0) -> Run:

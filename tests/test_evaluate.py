@@ -39,6 +39,8 @@ def test_worst_case_is_consistent(trained: Path, test_batch: tuple[torch.Tensor,
     assert model.training, "evaluation did not restore the model's mode"
     attacks = results["attacks"]
     assert list(attacks) == ["clean", "fgsm", "pgd10", "cw10"]
+    assert 0 <= attacks["pgd10"]["adv_easier"] <= 0.02, "PGD ended below the clean loss on a plain CNN"
+    assert all("adv_easier" not in a for name, a in attacks.items() if name != "pgd10")
     clean = attacks["clean"]["accuracy"]
     assert clean > 0.85
     bits = {name: a["robust"] for name, a in attacks.items()}
