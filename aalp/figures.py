@@ -5,7 +5,9 @@ Every chapter plots through these, so a method has the same colour and place on 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 METHOD_ORDER = ("standard", "pgd-at", "trades", "mart", "alp", "aalp")
 """Baselines first, then the logit-pairing pair the book is about."""
@@ -39,3 +41,31 @@ def setup() -> None:
 
     sns.set_theme(style="whitegrid", context="notebook")
     pd.options.display.float_format = "{:.3f}".format
+
+
+def forest(rows: Sequence[tuple[str, Mapping[str, Any]]], *, xlabel: str, colour: str, percent: bool = True) -> Any:
+    """A forest plot of paired differences (:func:`aalp.stats.paired_difference` outputs), one row each:
+    grey dots are single seeds, the coloured point the pooled difference with its crossed interval, the
+    square the t-interval over seeds (drawn with two or more seeds), against a line at zero."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
+
+    fig, ax = plt.subplots(figsize=(6.8, 0.9 + 0.55 * len(rows)))
+    for y, (_, c) in enumerate(rows):
+        first = y == 0
+        ax.scatter(c["per_seed"], [y + 0.2] * len(c["per_seed"]), color="#999999", s=16, zorder=2,
+                   label="one seed" if first else None)
+        ax.errorbar(c["estimate"], y, xerr=[[c["estimate"] - c["low"]], [c["high"] - c["estimate"]]], fmt="o",
+                    color=colour, capsize=3, label="pooled, crossed 95 % interval" if first else None)
+        if not math.isnan(c["t_low"]):
+            ax.errorbar(c["estimate"], y - 0.2, xerr=[[c["estimate"] - c["t_low"]], [c["t_high"] - c["estimate"]]],
+                        fmt="s", color="#444444", capsize=3, ms=3, label="t-interval over seeds" if first else None)
+    ax.axvline(0, color="black", lw=1)
+    ax.set(yticks=range(len(rows)), yticklabels=[label for label, _ in rows], xlabel=xlabel)
+    if percent:
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

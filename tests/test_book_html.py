@@ -130,3 +130,25 @@ def test_math_is_rendered_offline() -> None:
     scripts = re.findall(r'<script[^>]+src="([^"]*mathjax[^"]*)"', text, re.I)
     assert scripts, "no MathJax script"
     assert not any(s.startswith(("http:", "https:", "//")) for s in scripts), scripts
+
+
+def test_intro_opens_with_the_summary_and_its_figure() -> None:
+    """The first screen answers the question: the summary's glued numbers and the one figure that says it."""
+    text = page("intro")
+    body = text[text.index("<h1"):]
+    figure = re.search(r'<img[^>]+src="([^"]*aalp_minus_alp\.png)"[^>]*>', body)
+    assert figure, "the intro shows no AALP − ALP figure"
+    assert 'alt="' in figure.group(0) and 'alt=""' not in figure.group(0), "the intro figure has no alt text"
+    assert (HTML / figure.group(1)).resolve().exists(), f"{figure.group(1)} is not a file"
+    before = re.sub(r"<[^>]+>", "", body[: figure.start()])
+    assert "AALP against ALP" in before and re.search(r"[+-−]\d+\.\d%", before), \
+        "the summary with its glued difference does not come before the figure"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_setup_and_publishing_code_is_off_the_page(name: str) -> None:
+    """Cells tagged remove-cell (setup, publishing) are run by papermill but not rendered; no glue() call
+    and no chapter import is shown to the reader."""
+    text = html.unescape(re.sub(r"<[^>]+>", "", page(f"notebooks/{name}")))
+    for needle in ("study.publish(", "from aalp.chapters import", "glue("):
+        assert needle not in text, f"{name}: {needle!r} is on the rendered page"

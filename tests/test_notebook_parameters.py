@@ -29,6 +29,7 @@ BAD = [
     ({"n_images": 0}, "n_images"), ({"n_train": -5}, "n_train"),
     ({"lams": [0.5, -1]}, "lams"), ({"lams": []}, "lams"),
     ({"steps": [0, 10]}, "steps"), ({"square_queries": 0}, "square_queries"),
+    ({"full_audit_seeds": [-1]}, "full_audit_seeds"), ({"full_audit_seeds": []}, "full_audit_seeds"),
     ({"sead": 1}, "sead"),
 ]
 
@@ -58,6 +59,8 @@ def test_unknown_profile(profile: object, tmp_path: Path) -> None:
     ("03_main_results", {"profile": "huge"}, "unknown profile"),
     ("03_main_results", {"seeds": "0,1"}, "seeds"),
     ("01_feature_contribution", {"fraction": 2.0}, "fraction"),
+    ("05_robustness_audit", {"full_audit_seeds": "0"}, "full_audit_seeds"),
+    ("04_ablation", {"lams": [-1.0]}, "lams"),
 ])
 def test_through_papermill(notebook: str, params: dict, needle: str, tmp_path: Path, record_fault) -> None:
     record_fault("bad parameter injected through papermill")

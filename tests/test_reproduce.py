@@ -169,8 +169,9 @@ def test_kill_during_a_notebook_execution(root: Path, record_fault) -> None:
 @pytest.mark.faults
 def test_kill_during_the_book_build(tmp_path: Path, record_fault) -> None:
     """Killed after three of the six notebooks were copied into the book: the rerun builds every page."""
-    shutil.copytree(REPO / "book", tmp_path / "book", ignore=shutil.ignore_patterns("_build", "notebooks"))
-    shutil.copytree(REPO / "results" / "smoke" / "notebooks", tmp_path / "results" / "smoke" / "notebooks")
+    shutil.copytree(REPO / "book", tmp_path / "book", ignore=shutil.ignore_patterns("_build", "notebooks", "figures"))
+    for part in ("notebooks", "figures"):
+        shutil.copytree(REPO / "results" / "smoke" / part, tmp_path / "results" / "smoke" / part)
     code = (f"from pathlib import Path; from aalp.reproduce import build_book; "
             f"build_book('smoke', root=Path({str(tmp_path)!r}))")
     killed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
@@ -183,6 +184,7 @@ def test_kill_during_the_book_build(tmp_path: Path, record_fault) -> None:
     assert index.exists() and (html / "results.html").exists()
     for name in NOTEBOOKS:
         assert (html / "notebooks" / f"{name}.html").exists(), name
+    assert (tmp_path / "book" / "figures" / "aalp_minus_alp.png").exists(), "the intro's figure was not copied"
 
 
 def test_the_book_refuses_an_unfinished_notebook(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import pandas as pd
 from .. import stats
 from ..contributions import concentration, model_contributions
 from ..experiments import Run, Study
-from ..figures import palette
+from ..figures import forest, palette
 from ..parameters import check_parameters
 from ..publish import Fact, Phrase
 from .main_results import bits
@@ -225,28 +225,8 @@ def summarise(runs: Mapping[str, Sequence[Run]], primary: Mapping[str, np.ndarra
 def plot_comparison(result: Ablation) -> Any:
     """Each variant − ALP in worst-case accuracy, per seed and pooled, with both intervals (a comparison
     with ALP per variant; the order is that of :func:`variants`, not a ranking)."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import PercentFormatter
-
-    labels = [v.label for v in result.variants if v.label != REFERENCE]
-    fig, ax = plt.subplots(figsize=(7.2, 0.8 + 0.42 * len(labels)))
-    for y, label in enumerate(labels):
-        c = result.comparisons[label]
-        ax.scatter(c["per_seed"], [y + 0.2] * len(c["per_seed"]), color="#999999", s=14, zorder=2,
-                   label="one seed" if y == 0 else None)
-        ax.errorbar(c["estimate"], y, xerr=[[c["estimate"] - c["low"]], [c["high"] - c["estimate"]]], fmt="o",
-                    color=palette()["aalp"], capsize=3, label="pooled, crossed 95 % interval" if y == 0 else None)
-        if not math.isnan(c["t_low"]):
-            ax.errorbar(c["estimate"], y - 0.2, xerr=[[c["estimate"] - c["t_low"]], [c["t_high"] - c["estimate"]]],
-                        fmt="s", color="#444444", capsize=3, ms=3, label="t-interval over seeds" if y == 0 else None)
-    ax.axvline(0, color="black", lw=1)
-    ax.set(yticks=range(len(labels)), yticklabels=labels, xlabel="variant − ALP, worst-case accuracy")
-    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.invert_yaxis()
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    return forest([(v.label, result.comparisons[v.label]) for v in result.variants if v.label != REFERENCE],
+                  xlabel="variant − ALP, worst-case accuracy", colour=palette()["aalp"])
 
 
 def plot_concentration(result: Ablation) -> Any:

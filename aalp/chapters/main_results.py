@@ -21,7 +21,7 @@ import pandas as pd
 from .. import stats
 from ..data import DATASETS
 from ..experiments import Run, Study
-from ..figures import LABELS, order, palette
+from ..figures import LABELS, forest, order, palette
 from ..parameters import check_parameters
 from ..publish import Fact, Phrase
 from ..tables import mean_std, results_frame
@@ -167,32 +167,8 @@ def plot_accuracy(result: MainResults) -> Any:
 
 def plot_difference(result: MainResults) -> Any:
     """AALP − ALP per seed and pooled, with both intervals, per dataset: the comparison at a glance."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import PercentFormatter
-
-    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.9 * len(result.comparisons)))
-    y = 0
-    ticks, names = [], []
-    for d, comps in result.comparisons.items():
-        c = comps[PRIMARY]
-        ax.scatter(c["per_seed"], [y + 0.2] * len(c["per_seed"]), color="#999999", s=18, zorder=2,
-                   label="one seed" if y == 0 else None)
-        ax.errorbar(c["estimate"], y, xerr=[[c["estimate"] - c["low"]], [c["high"] - c["estimate"]]], fmt="o",
-                    color=palette()["aalp"], capsize=4, label="pooled, crossed 95 % interval" if y == 0 else None)
-        if not np.isnan(c["t_low"]):
-            ax.errorbar(c["estimate"], y - 0.2, xerr=[[c["estimate"] - c["t_low"]], [c["t_high"] - c["estimate"]]],
-                        fmt="s", color="#444444", capsize=4, ms=4, label="t-interval over seeds" if y == 0 else None)
-        ticks.append(y)
-        names.append(d)
-        y += 1
-    ax.axvline(0, color="black", lw=1)
-    ax.set(yticks=ticks, yticklabels=names, xlabel="AALP − ALP, worst-case accuracy")
-    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.invert_yaxis()
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    return forest([(d, c[PRIMARY]) for d, c in result.comparisons.items()],
+                  xlabel="AALP − ALP, worst-case accuracy", colour=palette()["aalp"])
 
 
 def plot_by_class(result: MainResults) -> Any:

@@ -29,7 +29,7 @@ from .. import stats
 from ..config import ConfigError
 from ..contributions import channel_contribution, concentration, model_contributions
 from ..experiments import Study
-from ..figures import LABELS, METHOD_ORDER, order, palette
+from ..figures import LABELS, METHOD_ORDER, forest, order, palette
 from ..parameters import check_parameters
 from ..publish import Fact, Phrase
 
@@ -384,31 +384,9 @@ def plot_distribution(result: Observation1) -> Any:
 def plot_paired(result: Observation1) -> Any:
     """PGD-AT − standard of the primary statistic per dataset and layer, per seed and pooled, with the
     crossed interval and the t-interval; right of 0 is the side Observation 1 predicts."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.7 * len(result.comparisons) * len(LAYERS)))
-    y, ticks, names = 0, [], []
-    for d, by_layer in result.comparisons.items():
-        for layer in LAYERS:
-            c = by_layer[layer][PRIMARY]
-            ax.scatter(c["per_seed"], [y + 0.2] * len(c["per_seed"]), color="#999999", s=18, zorder=2,
-                       label="one seed" if y == 0 else None)
-            ax.errorbar(c["estimate"], y, xerr=[[c["estimate"] - c["low"]], [c["high"] - c["estimate"]]], fmt="o",
-                        color=palette()[ROBUST], capsize=4, label="pooled, crossed 95 % interval" if y == 0 else None)
-            if not math.isnan(c["t_low"]):
-                ax.errorbar(c["estimate"], y - 0.2, xerr=[[c["estimate"] - c["t_low"]], [c["t_high"] - c["estimate"]]],
-                            fmt="s", color="#444444", capsize=4, ms=4,
-                            label="t-interval over seeds" if y == 0 else None)
-            ticks.append(y)
-            names.append(f"{title(d)}, {layer}")
-            y += 1
-    ax.axvline(0, color="black", lw=1)
-    ax.set(yticks=ticks, yticklabels=names, xlabel="PGD-AT − standard, Gini (higher: more concentrated)")
-    ax.invert_yaxis()
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    return forest([(f"{title(d)}, {layer}", by_layer[layer][PRIMARY]) for d, by_layer in result.comparisons.items()
+                   for layer in LAYERS], xlabel="PGD-AT − standard, Gini (higher: more concentrated)",
+                  colour=palette()[ROBUST], percent=False)
 
 
 def plot_predicts(result: Observation1) -> Any:
