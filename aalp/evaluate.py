@@ -34,6 +34,10 @@ from .runs import eval_path, load_run, read_history
 
 AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
+EVAL_VERSION = 2
+"""Stored in every cached evaluation: raise it when :func:`robustness` changes what it measures or records
+(2: the fraction of images where PGD ends below the clean loss); older files are evaluated again."""
+
 
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, batch_size: int = 500) -> Tensor:
@@ -208,7 +212,8 @@ def evaluate_run(directory: str | Path, cfg: EvalConfig, *, data_root: str | Pat
 
 
 def _read_cached(path: Path, cfg: EvalConfig) -> dict[str, Any] | None:
-    """A cached evaluation of exactly ``cfg``; ``None`` if there is none.
+    """A cached evaluation of exactly ``cfg`` by this :data:`EVAL_VERSION`; ``None`` if there is none (an
+    older version's file is evaluated again and replaced).
 
     Raises:
         CheckpointError: the file is unreadable (truncated or corrupt); the message says to delete it.
@@ -224,6 +229,8 @@ def _read_cached(path: Path, cfg: EvalConfig) -> dict[str, Any] | None:
     if stored != to_dict(cfg):
         raise CheckpointError(f"cached evaluation {path} was made with a different configuration; delete it "
                               "to evaluate again")
+    if cached.get("eval_version", 1) != EVAL_VERSION:  # made by code that measured or recorded less
+        return None
     return cached
 
 
@@ -239,7 +246,7 @@ def _evaluate_locked(directory: Path, path: Path, cfg: EvalConfig, data_root: st
     log(f"evaluating {directory.name} [{train_cfg.method.name}] on {len(x)} test images, ε = {cfg.eps:g}")
     started = time.perf_counter()
     results = robustness(model, x, y, cfg, log=log)
-    results.update({"eval_config": to_dict(cfg), "run": directory.name,
+    results.update({"eval_config": to_dict(cfg), "eval_version": EVAL_VERSION, "run": directory.name,
                     "seconds": time.perf_counter() - started})
     write_json(path, results)
     return results

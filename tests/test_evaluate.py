@@ -97,6 +97,11 @@ def test_end_to_end_train_and_evaluate(tmp_path: Path, mnist_root: Path) -> None
     assert results["attacks"]["autoattack-apgd"]["n"] == 20 and results["worst_case"]["n"] == 20
     assert results["eval_config"]["eps"] == 0.3
     assert evaluate_run(directory, cfg.eval, data_root=mnist_root, log=lambda s: None) == results
+    older = {k: v for k, v in results.items() if k != "eval_version"}  # what the previous code wrote
+    files[0].write_text(json.dumps({**older, "seconds": -1.0}))
+    again = evaluate_run(directory, cfg.eval, data_root=mnist_root, log=lambda s: None)
+    assert again["eval_version"] == results["eval_version"] >= 2 and again["seconds"] > 0, \
+        "an evaluation cached by an older EVAL_VERSION was reused"
     model, _ = load_run(directory, "cpu")  # evaluation_set names the images that were evaluated, in order
     x, y = evaluation_set("mnist", cfg.eval, mnist_root).tensors()
     with torch.no_grad():
