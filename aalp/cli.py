@@ -1,4 +1,4 @@
-"""Command line: ``python -m aalp {data fetch, config, train, evaluate, run}``.
+"""Command line: ``python -m aalp {data fetch, config, train, evaluate, run, grid, search, reproduce, book}``.
 
 Every command validates its whole input first: a bad value prints one ``aalp: error: …`` line and exits
 with status 2 before any compute and before any run directory is written.
@@ -140,6 +140,33 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--profile", default=None,
                       help="default: the most complete profile with executed notebooks (paper, cpu, smoke)")
     book.add_argument("--builder", default="html", help="html (default) or singlehtml (for the PDF)")
+    search = commands.add_parser(
+        "search", help="an equal-budget tuning search of ALP or AALP (optuna TPE + successive halving)",
+        description="Tune alp (λ) or aalp (its reconstruction space, aalp/search.py) with a budget counted "
+                    "in trained epochs; every trial is a run of the profile with --set overrides, scored by "
+                    "APGD-CE + APGD-T robust accuracy on validation images. The study is stored in "
+                    "<search-dir>/<dataset>-<method>.db: killed or run again with a larger budget, it "
+                    "continues; the record is <dataset>-<method>.json beside it.",
+        epilog=EPILOG, formatter_class=formatter)
+    search.add_argument("--profile", default="smoke", help="smoke | cpu | paper (default: smoke)")
+    search.add_argument("--dataset", default="mnist", help="default: mnist")
+    search.add_argument("--method", default="aalp", help="alp | aalp (default: aalp)")
+    search.add_argument("--budget-epochs", type=int, required=True, metavar="N",
+                        help="trained epochs the search may spend (give ALP and AALP the same)")
+    search.add_argument("--seed", type=int, default=0, help="the sampler's seed (default: 0; the runs train "
+                                                            "with the profile's seed, --set seed=N changes it)")
+    search.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="base overrides under every trial (not method.*)")
+    search.add_argument("--min-epochs", type=int, default=None, metavar="N",
+                        help="the first rung of successive halving (default: 2, or the run's epochs if fewer)")
+    search.add_argument("--reduction-factor", type=int, default=2, metavar="ETA",
+                        help="successive halving's factor: rungs N, N·ETA, N·ETA², …, epochs (default: 2)")
+    search.add_argument("--val-images", type=int, default=None, metavar="N",
+                        help="validation images of the score, ≥ min(1000, data.val_size) (the default)")
+    search.add_argument("--runs-dir", default=None, help="run cache (default: results/<profile>/runs)")
+    search.add_argument("--data-dir", default=None, help="datasets (default: data/ of the repository)")
+    search.add_argument("--search-dir", default=None, help="study and record (default: results/<profile>/search)")
+    search.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
     run = commands.add_parser("run", help="train and evaluate several methods / seeds, print a table",
                               description="Train (or reuse) and evaluate each method × seed, then print "
                                           "clean and robust accuracy.", epilog=EPILOG, formatter_class=formatter)
@@ -160,16 +187,20 @@ def _check_names(args: argparse.Namespace) -> None:
     check_profile(args.profile)
     if getattr(args, "processes", None) is not None and args.processes < 1:
         raise ConfigError(f"--processes must be an integer ≥ 1, got {args.processes}")
-    if args.device == "auto":
+    _check_device(args.device)
+
+
+def _check_device(name: str) -> None:
+    if name == "auto":
         return
     try:
-        device = torch.device(args.device)
+        device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"unknown device {args.device!r}; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {args.device!r}; use auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ConfigError(f"device {args.device!r} is not available here "
+        raise ConfigError(f"device {name!r} is not available here "
                           f"({torch.cuda.device_count()} CUDA devices); use --device cpu or auto")
 
 
@@ -195,6 +226,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_grid(args.profile, units, runs_dir=args.runs_dir or results_dir(args.profile) / "runs",
                      data_dir=args.data_dir or ROOT / "data", jobs=args.jobs, cluster=args.cluster,
                      slurm=_slurm(args.slurm), progress=not args.quiet)
+            return 0
+        if args.command == "search":
+            from .search import search
+
+            _check_device(args.device)
+            search(args.profile, args.dataset, args.method, budget_epochs=args.budget_epochs, seed=args.seed,
+                   overrides=args.overrides, runs_dir=args.runs_dir, data_dir=args.data_dir,
+                   search_dir=args.search_dir, min_epochs=args.min_epochs,
+                   reduction_factor=args.reduction_factor, val_images=args.val_images,
+                   device=None if args.device == "auto" else args.device)
             return 0
         if args.command in ("reproduce", "book"):
             from .reproduce import NotebookFailed, build_book, default_book_profile, reproduce
