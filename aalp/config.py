@@ -190,7 +190,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("data.monitor_size", t.data.monitor_size, allow_none=True)
     if t.data.monitor_size is not None and t.data.monitor_size > t.data.val_size:
         raise ConfigError(f"data.monitor_size ({t.data.monitor_size}) cannot exceed data.val_size "
-                          f"({t.data.val_size})")
+                          f"({t.data.val_size}); set data.monitor_size too (none: all validation images)")
     if t.data.subset not in ("first", "balanced"):
         raise ConfigError(f"data.subset must be 'first' or 'balanced', got {t.data.subset!r}")
     o = t.optim

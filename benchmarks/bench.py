@@ -265,7 +265,7 @@ GRID: dict[str, dict[str, object]] = {
     # short cpu-profile units (fast-cnn, PGD-10 training, full cpu evaluation attacks on a subset)
     "full": {"units": 6, "overrides": ("data.train_size=6000", "epochs=1", "eval.n=1000",
                                        "eval.autoattack_n=0"), "repeats": 2, "torchrun_train_size": 12000},
-    "quick": {"units": 2, "overrides": ("data.train_size=200", "data.val_size=40", "epochs=1", "eval.n=40",
+    "quick": {"units": 2, "overrides": ("data.train_size=200", "data.val_size=40", "data.monitor_size=none", "epochs=1", "eval.n=40",
                                         "eval.autoattack_n=0", "eval.pgd.steps=2", "eval.pgd.restarts=1"),
               "repeats": 1, "torchrun_train_size": 200},
 }
