@@ -292,6 +292,7 @@ def test_cached_audit_runs_once_per_key(tmp_path: Path, monkeypatch: pytest.Monk
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("eps, kwargs, match", [
     (0.0, {}, "eps"), (1.5, {}, "eps"), (EPS, {"steps": ()}, "steps"), (EPS, {"steps": (0, 5)}, "step count"),
     (EPS, {"eps_scale": (1, -2)}, "eps_scale"), (EPS, {"tolerance": -0.01}, "tolerance"),
@@ -299,7 +300,9 @@ def test_cached_audit_runs_once_per_key(tmp_path: Path, monkeypatch: pytest.Monk
     (EPS, {"square_restarts": 0}, "square_restarts"), (EPS, {"autoattack_warnings": "Square"}, "list of strings"),
     (EPS, {"step_scale": 0}, "step_scale"), (EPS, {"full": "yes"}, "full"),
 ])
-def test_bad_arguments_fail_before_any_compute(tmp_path: Path, eps: float, kwargs: dict, match: str) -> None:
+def test_bad_arguments_fail_before_any_compute(tmp_path: Path, eps: float, kwargs: dict, match: str,
+                                              record_fault) -> None:
+    record_fault("bad audit argument")
     x, y = images(4)
     model = honest(x)
     for run in (lambda: audit(model, x, y, eps, **kwargs), lambda: cached_audit(tmp_path, model, x, y, eps, **kwargs)):

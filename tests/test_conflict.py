@@ -149,8 +149,10 @@ def test_weights_and_summaries() -> None:
     assert math.isnan(weight_summary(parameter_conflict(model, x, x_adv, y, 0.5))["spearman_weight_cos"])
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("change", ["x_adv", "y", "weight", "lam"])
-def test_bad_input_raises_one_line_value_error(change: str) -> None:
+def test_bad_input_raises_one_line_value_error(change: str, record_fault) -> None:
+    record_fault("bad Observation 2 input")
     model = _tiny()
     x, x_adv, y, w = _tiny_batch()
     args = {"x_adv": x_adv, "y": y, "weight": w, "lam": 0.5}

@@ -287,7 +287,9 @@ def test_deterministic_given_seed() -> None:
     (lambda: accuracy_interval(np.ones((2, 5)), level=-0.1), "level must be"),
     (lambda: best_method({}), "empty"),
 ])
-def test_one_line_value_errors(call, message) -> None:
+@pytest.mark.faults
+def test_one_line_value_errors(call, message, record_fault) -> None:
+    record_fault("bad statistics input")
     with pytest.raises(ValueError, match=message) as err:
         call()
     assert "\n" not in str(err.value)
