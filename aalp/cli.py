@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "grid":
             from .grid import check, main_grid, run_grid
-            from .reproduce import ROOT, results_dir
+            from .runs import ROOT, results_dir
 
             check(args.profile, args.jobs, args.cluster)
             units = main_grid(args.profile, seeds=args.seeds, datasets=args.datasets, methods=args.methods)

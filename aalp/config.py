@@ -232,6 +232,12 @@ class Experiments:
 
     Args:
         seeds, datasets: of the main table and of every grid.
+        comparison_seeds: of the compared arms (ALP and AALP, at their settings and tuned;
+            :mod:`aalp.arms`), at least as many as ``seeds``.
+        search_budget_epochs: the tuning budget of each search (:mod:`aalp.search`), in trained epochs,
+            the same for ALP and AALP on every dataset.
+        search_run_seed: the seed a search trains its trials at; outside ``seeds`` and ``comparison_seeds``,
+            so that no run that took part in a selection is a reported result.
         analysis_n: test images the analyses of the observations use (class-balanced, seed 0).
         audit_n: test images of the gradient-masking audit: the first ``audit_n`` AutoAttack images.
         audit_steps: PGD step counts of the audit's steps curve.
@@ -244,15 +250,25 @@ class Experiments:
     audit_n: int
     audit_steps: tuple[int, ...]
     audit_square_queries: int
+    comparison_seeds: tuple[int, ...]
+    search_budget_epochs: int
+    search_run_seed: int = 100
+
+    def __post_init__(self) -> None:
+        if self.search_run_seed in (*self.seeds, *self.comparison_seeds):
+            raise ConfigError(f"search_run_seed {self.search_run_seed} must differ from every reported seed")
 
 
 EXPERIMENTS: dict[str, Experiments] = {
     "smoke": Experiments(seeds=(0,), datasets=("mnist", "fashion-mnist"), analysis_n=200, audit_n=25,
-                         audit_steps=(1, 5, 10, 20), audit_square_queries=200),
+                         audit_steps=(1, 5, 10, 20), audit_square_queries=200,
+                         comparison_seeds=(0,), search_budget_epochs=3),
     "cpu": Experiments(seeds=(0, 1, 2), datasets=("mnist", "fashion-mnist"), analysis_n=1000, audit_n=1000,
-                       audit_steps=(1, 10, 20, 50, 100), audit_square_queries=5000),
+                       audit_steps=(1, 10, 20, 50, 100), audit_square_queries=5000,
+                       comparison_seeds=(0, 1, 2, 3, 4), search_budget_epochs=60),
     "paper": Experiments(seeds=(0, 1, 2), datasets=("mnist", "cifar10", "svhn"), analysis_n=1000,
-                         audit_n=1000, audit_steps=(1, 10, 20, 50, 100, 200), audit_square_queries=5000),
+                         audit_n=1000, audit_steps=(1, 10, 20, 50, 100, 200), audit_square_queries=5000,
+                         comparison_seeds=(0, 1, 2, 3, 4), search_budget_epochs=300),
 }
 """The experiment settings of each profile (its run configurations are :func:`profile`)."""
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import arms
 from .audit import cached_audit
 from .checkpoint import atomic_write, write_json
 from .config import CACHE_VERSION, Experiments, RunConfig, experiments, profile as profile_config
@@ -25,7 +26,8 @@ from .data import ArrayDataset, load_dataset, subset
 from .evaluate import evaluate_run, evaluation_set
 from .models import Classifier
 from .publish import Fact, as_json, publish
-from .runs import is_trained, load_run, read_history, run_dir
+from .runs import is_trained, load_run, read_history, results_dir, run_dir
+from .search import finished, record_path, search
 from .train import load_data, train
 
 
@@ -88,7 +90,7 @@ class Study:
 
     @property
     def results_dir(self) -> Path:
-        return self.root / "results" / self.profile
+        return results_dir(self.profile, self.root)
 
     @property
     def data_dir(self) -> Path:
@@ -98,10 +100,23 @@ class Study:
         """The configuration of one run of this profile."""
         return profile_config(self.profile, dataset, method, [*overrides, f"seed={seed}"])
 
+    def tuned(self, dataset: str, method: str) -> list[str]:
+        """The configuration the declared search of ``method`` (alp | aalp) on ``dataset`` selected
+        (:func:`aalp.arms.overrides`); the search (``search_budget_epochs``, trials at ``search_run_seed``)
+        is run, or continued, first if its record is missing or has not spent its budget."""
+        budget = self.settings.search_budget_epochs
+        if not finished(record_path(self.profile, dataset, method, self.root), budget):
+            search(self.profile, dataset, method, budget_epochs=budget, overrides=arms.search_overrides(self.profile),
+                   runs_dir=self.results_dir / "runs", data_dir=self.data_dir, search_dir=self.results_dir / "search")
+        return arms.overrides(self.profile, dataset, f"{method}{arms.TUNED}", self.root)
+
     def run(self, dataset: str, method: str, seed: int = 0, overrides: Sequence[str] = (), *,
             label: str | None = None, evaluate: bool = True) -> Run:
-        """The run of this profile (trained, and evaluated if ``evaluate``, when not cached)."""
-        cfg = self.config(dataset, method, seed, overrides)
+        """The run of an arm (a method, or ``"<method>-tuned"``: :mod:`aalp.arms`) of this profile,
+        trained, and evaluated if ``evaluate``, when not cached; labelled with the arm's name by default."""
+        base = arms.method_of(method)
+        selected = self.tuned(dataset, base) if arms.is_tuned(method) else []
+        cfg = self.config(dataset, base, seed, [*selected, *overrides])
         runs_dir = self.results_dir / "runs"
         directory = run_dir(cfg.train, runs_dir)
         if not is_trained(cfg.train, runs_dir):

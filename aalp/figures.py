@@ -9,13 +9,15 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-METHOD_ORDER = ("standard", "pgd-at", "trades", "mart", "alp", "aalp")
-"""Baselines first, then the logit-pairing pair the book is about."""
+METHOD_ORDER = ("standard", "pgd-at", "trades", "mart", "alp", "alp-tuned", "aalp", "aalp-tuned")
+"""Baselines first, then the logit-pairing pair the book is about, each at its settings and tuned
+(:mod:`aalp.arms`)."""
 
 LABELS = {"standard": "Standard", "pgd-at": "PGD-AT", "trades": "TRADES", "mart": "MART", "alp": "ALP",
-          "aalp": "AALP"}
+          "alp-tuned": "ALP (tuned)", "aalp": "AALP", "aalp-tuned": "AALP (tuned)"}
 
-_COLOURS = ("#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#d62728")  # grey, then tab10
+_COLOURS = ("#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#a6500a", "#d62728", "#7a0f18")
+"""Grey, then tab10; each tuned arm a darker shade of its method's colour."""
 
 
 def palette(labels: Iterable[str] | None = None) -> dict[str, str]:

@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
+from .arms import ARMS, method_of, overrides, seeds as arm_seeds
 from .config import ConfigError, RunConfig, check_profile, experiments, profile as profile_config
 from .evaluate import evaluate_run
 from .parameters import check_parameters
-from .methods import METHODS
 from .runs import eval_path, is_trained, run_dir
 from .train import train
 
@@ -60,15 +60,19 @@ class Unit:
 
 
 def main_grid(profile: str, *, seeds: Sequence[int] | None = None, datasets: Sequence[str] | None = None,
-              methods: Sequence[str] | None = None) -> list[Unit]:
-    """The units of ``profile``'s main table: every dataset × method × seed (the profile's by default)."""
+              methods: Sequence[str] | None = None, root: str | Path | None = None) -> list[Unit]:
+    """The units of ``profile``'s main table: every dataset × arm × seed.
+
+    ``methods`` are arms (:data:`aalp.arms.ARMS`, all by default); a tuned arm takes its overrides from the
+    committed search under ``root`` (the repository by default; :class:`ConfigError` if there is none yet:
+    run the search first). Each arm's seeds are :func:`aalp.arms.seeds` unless ``seeds`` is given."""
     check(profile)
     defaults = experiments(profile)
-    seeds = list(defaults.seeds if seeds is None else seeds)
     datasets = list(defaults.datasets if datasets is None else datasets)
-    methods = list(METHODS if methods is None else methods)
-    check_parameters(seeds=seeds, datasets=datasets, methods=methods)  # the notebooks' own check
-    return [Unit(d, m, s) for d in datasets for m in methods for s in seeds]
+    methods = list(ARMS if methods is None else methods)
+    check_parameters(seeds=None if seeds is None else list(seeds), datasets=datasets, methods=methods)
+    return [Unit(d, method_of(m), s, tuple(overrides(profile, d, m, root)))
+            for d in datasets for m in methods for s in (seeds if seeds is not None else arm_seeds(profile, m))]
 
 
 def check(profile: str, jobs: int = 1, cluster: str | None = None) -> None:

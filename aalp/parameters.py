@@ -11,7 +11,7 @@ from typing import Any
 
 from .config import ConfigError
 from .data import DATASETS
-from .methods import METHODS
+from .arms import ARMS
 
 
 def _is_int(value: Any, minimum: int) -> bool:
@@ -34,7 +34,8 @@ _PARAMETERS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (lambda v: _is_int(v, 0), "an integer ≥ 0"),
     "seeds": _SEEDS,
     "ablation_seeds": _SEEDS,
-    "methods": (_list_of(lambda v: v in METHODS), f"a list from {', '.join(METHODS)}"),
+    "comparison_seeds": _SEEDS,
+    "methods": (_list_of(lambda v: v in ARMS), f"a list from {', '.join(ARMS)}"),
     "fraction": (lambda v: isinstance(v, _NUMBER) and 0 < v <= 1, "a number in (0, 1]"),
     "k": (lambda v: _is_int(v, 1), "an integer ≥ 1"),
     "n_images": (_optional(lambda v: _is_int(v, 1)), "None or an integer ≥ 1"),

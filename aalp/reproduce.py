@@ -30,10 +30,11 @@ from typing import Any
 
 from . import faults, grid
 from .checkpoint import file_lock
-from .config import ConfigError, check_profile
+from .arms import SEARCH_METHODS
+from .config import ConfigError, check_profile, experiments
+from .experiments import Study
 from .parameters import check_parameters
-
-ROOT = Path(__file__).resolve().parents[1]
+from .runs import ROOT, results_dir
 
 NOTEBOOKS = (
     "01_feature_contribution",
@@ -42,15 +43,12 @@ NOTEBOOKS = (
     "04_ablation",
     "05_robustness_audit",
     "06_cost",
+    "07_tuning",
 )
 
 
 class NotebookFailed(RuntimeError):
     """A notebook raised; the executed copy with the error is saved where the message says."""
-
-
-def results_dir(profile: str, root: Path = ROOT) -> Path:
-    return root / "results" / profile
 
 
 def unfinished(profile: str, root: Path = ROOT) -> list[str]:
@@ -95,8 +93,9 @@ def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None,
               log: Callable[[str], None] = partial(print, flush=True)) -> list[Path]:
     """Execute the notebooks of ``profile`` in order (skipping unchanged ones); return the executed paths.
     ``seeds`` replaces the profile's seeds in every notebook that takes a ``seeds`` parameter. With
-    ``jobs > 1`` or a ``cluster``, the main table's units are first trained and evaluated in parallel
-    (:func:`aalp.grid.run_grid`), so that the notebooks find them cached.
+    ``jobs > 1`` or a ``cluster``, the declared searches are first run (or continued) one after another,
+    then the main table's units trained and evaluated in parallel (:func:`aalp.grid.run_grid`), so that
+    the notebooks find them cached.
 
     Raises:
         NotebookFailed: a notebook raised; its executed copy (with the traceback) is kept.
@@ -109,7 +108,11 @@ def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None,
     check_parameters(seeds=seeds)  # the notebooks' own check of the parameter
     grid.check(profile, jobs, cluster)
     if jobs > 1 or cluster is not None:
-        grid.run_grid(profile, grid.main_grid(profile, seeds=seeds), runs_dir=results_dir(profile, root) / "runs",
+        study = Study(profile, root)
+        for dataset in experiments(profile).datasets:
+            for method in SEARCH_METHODS:
+                study.tuned(dataset, method)
+        grid.run_grid(profile, grid.main_grid(profile, seeds=seeds, root=root), runs_dir=results_dir(profile, root) / "runs",
                       data_dir=root / "data", jobs=jobs, cluster=cluster, slurm=slurm, log=log)
     out_dir = results_dir(profile, root) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)

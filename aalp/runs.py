@@ -29,9 +29,17 @@ from .config import EvalConfig, TrainConfig, config_hash, train_config_from_dict
 from .data import DATASETS
 from .models import Classifier, build_model
 
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository: ``results/<profile>/`` under it holds each profile's committed results."""
+
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
+
+
+def results_dir(profile: str, root: Path = ROOT) -> Path:
+    """``<root>/results/<profile>``: a profile's run cache (``runs/``), searches, notebooks and JSON."""
+    return Path(root) / "results" / profile
 
 
 def run_dir(cfg: TrainConfig, runs_root: str | Path, processes: int = 1) -> Path:

@@ -55,9 +55,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .checkpoint import file_lock, write_json
-from .config import ConfigError, RunConfig, TrainConfig, check_profile, config_hash, profile as profile_config
+from .config import (ConfigError, RunConfig, TrainConfig, check_profile, config_hash, experiments,
+                     profile as profile_config)
 from .data import DATASETS, ArrayDataset, subset
 from .methods import WEIGHTINGS
+from .runs import ROOT, load_run, read_config, read_history, results_dir, run_dir
 
 if TYPE_CHECKING:
     import optuna
@@ -231,7 +233,6 @@ def validation_score(directory: Path, epoch: int, images: ArrayDataset, *,
         RuntimeError: the run's checkpoint is not at ``epoch`` and no score of that epoch is cached.
     """
     from .evaluate import autoattack, predict, robust_flags
-    from .runs import load_run, read_config, read_history
 
     cfg = read_config(directory)
     path = score_path(directory, epoch, cfg, len(images))
@@ -270,8 +271,6 @@ def validation_score(directory: Path, epoch: int, images: ArrayDataset, *,
 # ----------------------------------------------------------------------------------------------------
 
 def _default_dirs(profile: str) -> tuple[Path, Path, Path]:
-    from .reproduce import ROOT, results_dir
-
     return results_dir(profile) / "runs", ROOT / "data", results_dir(profile) / "search"
 
 
@@ -318,8 +317,6 @@ class _Search:
 
     def spent(self) -> int:
         """Epochs trained: the histories of the distinct runs of the study's trials."""
-        from .runs import read_history
-
         runs = {t.user_attrs["run"] for t in self.study.get_trials(deepcopy=False) if "run" in t.user_attrs}
         return sum(len(read_history(self.runs_dir / run)) for run in runs)
 
@@ -339,7 +336,6 @@ class _Search:
         ``"budget"`` (the next rung does not fit; the trial stays paused)."""
         from optuna.trial import TrialState
 
-        from .runs import read_history, run_dir
         from .train import train
 
         frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
@@ -434,8 +430,6 @@ _STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "RUNNING": "paused", "FAI
 def _record(study: optuna.Study, p: Plan, runs_dir: Path) -> dict[str, Any]:
     import optuna
 
-    from .runs import read_history
-
     trials, seen, spent = [], set(), 0
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         run = t.user_attrs.get("run")
@@ -524,18 +518,28 @@ def search(profile: str, dataset: str, method: str, *, budget_epochs: int, seed:
 
 def record_path(profile: str, dataset: str, method: str, root: str | Path | None = None) -> Path:
     """``<root>/results/<profile>/search/<dataset>-<method>.json`` (root: the repository)."""
-    from .reproduce import ROOT
-
-    return Path(root if root is not None else ROOT) / "results" / profile / "search" / f"{dataset}-{method}.json"
+    return results_dir(profile, Path(root if root is not None else ROOT)) / "search" / f"{dataset}-{method}.json"
 
 
 def load_record(profile: str, dataset: str, method: str, root: str | Path | None = None) -> dict[str, Any]:
     """The record of a search (:class:`ConfigError` if there is none)."""
     path = record_path(profile, dataset, method, root)
     if not path.exists():
+        settings = experiments(profile)
         raise ConfigError(f"no search record {path}; run: python -m aalp search --profile {profile} "
-                          f"--dataset {dataset} --method {method} --budget-epochs N")
+                          f"--dataset {dataset} --method {method} --budget-epochs {settings.search_budget_epochs} "
+                          f"--set seed={settings.search_run_seed}")
     return json.loads(path.read_text())
+
+
+def finished(path: str | Path, budget_epochs: int) -> bool:
+    """Whether the search record at ``path`` exists, was given at least ``budget_epochs`` and left no trial
+    paused (so running the search again with that budget would compute nothing)."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    record = json.loads(path.read_text())
+    return record["budget_epochs"] >= budget_epochs and all(t["state"] != "paused" for t in record["trials"])
 
 
 def best_overrides(profile: str, dataset: str, method: str, root: str | Path | None = None) -> list[str]:

@@ -26,8 +26,8 @@ ROLE = re.compile(r"\{glue(?::(\w+))?\}`([^`]+)`")
 pytestmark = pytest.mark.skipif(not os.environ.get("AALP_BOOK_BUILT"),
                                 reason="build the book first: make test-book")
 
-FIGURES = {"01_feature_contribution": 2, "02_alp_target_fit": 2, "03_main_results": 1, "04_ablation": 1,
-           "05_robustness_audit": 1, "06_cost": 1}
+FIGURES = {"01_feature_contribution": 2, "02_alp_target_fit": 2, "03_main_results": 2, "04_ablation": 1,
+           "05_robustness_audit": 1, "06_cost": 1, "07_tuning": 1}
 
 
 def page(name: str) -> str:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from aalp import faults
-from aalp.config import ConfigError
+from aalp.config import ConfigError, experiments
+from aalp.methods import METHODS
 from aalp.grid import Unit, main_grid, run_grid, run_unit
 from aalp.runs import read_history
 
@@ -93,9 +94,12 @@ def test_grid_killed_mid_unit_continues(tmp_path: Path, mnist_root: Path, sequen
 
 
 def test_main_grid_is_the_main_table() -> None:
-    units = main_grid("cpu")
-    assert len(units) == 2 * 6 * 3 and len(set(units)) == len(units)
-    assert {u.dataset for u in units} == {"mnist", "fashion-mnist"} and {u.seed for u in units} == {0, 1, 2}
+    units = main_grid("cpu", methods=list(METHODS))
+    settings = experiments("cpu")
+    assert len(units) == 2 * (4 * len(settings.seeds) + 2 * len(settings.comparison_seeds)) and len(set(units)) == len(units)
+    assert {u.dataset for u in units} == {"mnist", "fashion-mnist"}
+    assert {u.seed for u in units if u.method == "mart"} == set(settings.seeds)
+    assert {u.seed for u in units if u.method == "alp"} == set(settings.comparison_seeds)
     assert main_grid("cpu", seeds=[3], datasets=["mnist"], methods=["alp"]) == [Unit("mnist", "alp", 3)]
 
 

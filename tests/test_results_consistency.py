@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from aalp.config import CACHE_VERSION, profile
+from aalp import arms
+from aalp.config import CACHE_VERSION
 from aalp.runs import eval_path, run_dir
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -44,7 +45,7 @@ def test_main_results_match_the_run_cache(saved: Path) -> None:
     checked = 0
     for dataset, rows in main["per_run"].items():
         for row in rows:
-            cfg = profile(name, dataset, row["method"], [f"seed={row['seed']}"])
+            cfg = arms.config(name, dataset, row["method"], row["seed"], RESULTS.parent)
             path = eval_path(run_dir(cfg.train, RESULTS / name / "runs"), cfg.eval)
             assert path.exists(), f"{name} {dataset} {row['method']} seed {row['seed']}: no {path}"
             assert _numbers(row, json.loads(path.read_text())), f"{name} {dataset} {row['method']} {row['seed']}"

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import stats
+from .. import arms, stats
 from ..data import DATASETS
 from ..experiments import Run, Study
-from ..figures import LABELS, forest, order, palette
+from ..figures import LABELS, METHOD_ORDER, forest, order, palette
 from ..parameters import check_parameters
 from ..publish import Fact, Phrase
 from ..tables import mean_std, results_frame
@@ -39,7 +39,7 @@ class MainResults:
     methods: list[str]
     runs: dict[str, dict[str, list[Run]]]
     frames: dict[str, pd.DataFrame]
-    comparisons: dict[str, dict[str, dict[str, Any]]]  # dataset → attack → stats.paired_difference
+    comparisons: dict[str, dict[str, dict[str, dict[str, Any]]]]  # dataset → "A − B" → attack → paired_difference
     best: dict[str, dict[str, Any]]  # dataset → stats.best_method on PRIMARY
     by_class: dict[str, pd.DataFrame]
     facts: dict[str, Fact]
@@ -86,17 +86,28 @@ def bits(runs: Sequence[Run], attack: str = PRIMARY) -> np.ndarray:
 
 
 def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | None = None,
-            methods: list[str] | None = None) -> MainResults:
-    """Train (if not cached), evaluate and compare every method; see the module docstring."""
-    methods = methods or list(order(LABELS))
-    check_parameters(datasets=datasets, seeds=seeds, methods=methods)
+            methods: list[str] | None = None, comparison_seeds: list[int] | None = None) -> MainResults:
+    """Train (if not cached), evaluate and compare every arm; see the module docstring.
+
+    ``methods`` are arms (:data:`aalp.arms.ARMS`, default :data:`aalp.figures.METHOD_ORDER`): the compared
+    ones (:data:`aalp.arms.COMPARED`) are trained on ``comparison_seeds``, the others on ``seeds`` (the
+    profile's by default). Every pair of :data:`aalp.arms.PAIRS` present is compared; the first one present
+    is the primary comparison, whose facts carry the plain keys (``<dataset>_diff``, ``<dataset>_verdict``).
+    """
+    methods = list(methods or METHOD_ORDER)
+    check_parameters(datasets=datasets, seeds=seeds, methods=methods, comparison_seeds=comparison_seeds)
     datasets = list(datasets or study.settings.datasets)
     seeds = list(seeds or study.settings.seeds)
-    runs = study.runs(datasets, methods, seeds)
+    comparison_seeds = list(comparison_seeds or study.settings.comparison_seeds)
+    seeds_of = {m: comparison_seeds if m in arms.COMPARED else seeds for m in methods}
+    runs = {d: {m: [study.run(d, m, s) for s in seeds_of[m]] for m in methods} for d in datasets}
     frames = {d: results_frame([r for rs in runs[d].values() for r in rs]) for d in datasets}
+    pairs = [p for p in arms.PAIRS if set(p) <= set(methods)]
     comparisons, best, by_class = {}, {}, {}
     facts: dict[str, Fact] = {"main_profile": Phrase(study.profile), "main_seeds": Phrase(", ".join(map(str, seeds))),
-                              "main_n_seeds": len(seeds)}
+                              "main_n_seeds": len(seeds),
+                              "main_comparison_seeds": Phrase(", ".join(map(str, comparison_seeds))),
+                              "main_n_comparison_seeds": len(comparison_seeds)}
     for d in datasets:
         worst = {m: bits(runs[d][m]) for m in methods}
         best[d] = stats.best_method(worst)
@@ -104,23 +115,29 @@ def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | 
         facts[f"{d}_aa_images"] = runs[d][methods[0]][0].entry("autoattack")["n"]
         facts[f"{d}_warned_models"] = sum(bool(r.warnings) for rs in runs[d].values() for r in rs)
         facts[f"{d}_models"] = sum(len(rs) for rs in runs[d].values())
-        if not {"alp", "aalp"} <= set(methods):
-            continue
-        comparisons[d] = {attack: stats.paired_difference(bits(runs[d]["aalp"], attack), bits(runs[d]["alp"], attack))
-                          for attack in (PRIMARY, "autoattack")}
-        for attack, key in ((PRIMARY, "diff"), ("autoattack", "diff_aa")):
-            c = comparisons[d][attack]
-            for part in ("estimate", "low", "high", "ceiling"):
-                facts[f"{d}_{key}" + ("" if part == "estimate" else f"_{part}")] = c[part]
-            facts[f"{d}_{key}_t"] = Phrase(_t_interval(c))
-        facts[f"{d}_verdict"] = Phrase(stats.verdict(comparisons[d][PRIMARY]))
-        for m in ("alp", "aalp"):
+        for m in set(methods) & set(arms.COMPARED):
             facts[f"{d}_{m}_worst"] = float(np.mean([r.accuracy(PRIMARY) for r in runs[d][m]]))
             facts[f"{d}_{m}_aa"] = float(np.mean([r.accuracy("autoattack") for r in runs[d][m]]))
             facts[f"{d}_{m}_clean"] = float(np.mean([r.accuracy("clean") for r in runs[d][m]]))
-        a, b = bits(runs[d]["aalp"]), bits(runs[d]["alp"])
-        labels = study.evaluated_images(runs[d]["alp"][0], a.shape[1])[1].numpy()
-        by_class[d] = stats.class_breakdown(a, b, labels, DATASETS[d].classes, names=("AALP", "ALP"))
+        if not pairs:
+            continue
+        comparisons[d] = {f"{a} − {b}": {attack: stats.paired_difference(bits(runs[d][a], attack),
+                                                                           bits(runs[d][b], attack))
+                                          for attack in (PRIMARY, "autoattack")} for a, b in pairs}
+        for i, (a, b) in enumerate(pairs):
+            prefix = f"{d}_" if i == 0 else f"{d}_{a}_vs_{b}_"
+            names = (LABELS[a], LABELS[b])
+            for attack, key in ((PRIMARY, "diff"), ("autoattack", "diff_aa")):
+                c = comparisons[d][f"{a} − {b}"][attack]
+                for part in ("estimate", "low", "high", "ceiling"):
+                    facts[f"{prefix}{key}" + ("" if part == "estimate" else f"_{part}")] = c[part]
+                facts[f"{prefix}{key}_t"] = Phrase(_t_interval(c))
+            facts[f"{prefix}verdict"] = Phrase(stats.verdict(comparisons[d][f"{a} − {b}"][PRIMARY], names))
+        a, b = pairs[0]
+        facts[f"{d}_primary"] = Phrase(f"{LABELS[a]} − {LABELS[b]}")
+        x, y = bits(runs[d][a]), bits(runs[d][b])
+        labels = study.evaluated_images(runs[d][b][0], x.shape[1])[1].numpy()
+        by_class[d] = stats.class_breakdown(x, y, labels, DATASETS[d].classes, names=("AALP", "ALP"))
         t = by_class[d]
         facts.update({f"{d}_only_alp": float(t["only ALP"].sum()), f"{d}_only_aalp": float(t["only AALP"].sum()),
                       f"{d}_compared": int(t["images"].sum()),
@@ -166,9 +183,31 @@ def plot_accuracy(result: MainResults) -> Any:
 
 
 def plot_difference(result: MainResults) -> Any:
-    """AALP − ALP per seed and pooled, with both intervals, per dataset: the comparison at a glance."""
-    return forest([(d, c[PRIMARY]) for d, c in result.comparisons.items()],
-                  xlabel="AALP − ALP, worst-case accuracy", colour=palette()["aalp"])
+    """Every compared difference (:data:`aalp.arms.PAIRS`, primary first) per seed and pooled, with both
+    intervals, per dataset: the comparison at a glance."""
+    rows = [(f"{d}: {_pair_label(pair)}", c[PRIMARY]) for d, by_pair in result.comparisons.items()
+            for pair, c in by_pair.items()]
+    return forest(rows, xlabel="difference in worst-case accuracy", colour=palette()["aalp"])
+
+
+def _pair_label(pair: str) -> str:
+    """``"aalp-tuned − alp-tuned"`` → ``"AALP (tuned) − ALP (tuned)"``."""
+    a, b = pair.split(" − ")
+    return f"{LABELS[a]} − {LABELS[b]}"
+
+
+def differences(result: MainResults) -> pd.DataFrame:
+    """Every compared difference per dataset: estimate, crossed interval, t-interval, ceiling (points)."""
+    rows = []
+    for d, by_pair in result.comparisons.items():
+        for pair, c in by_pair.items():
+            for attack, name in ((PRIMARY, "worst case"), ("autoattack", "AutoAttack")):
+                x = c[attack]
+                rows.append({"dataset": d, "difference": _pair_label(pair), "score": name,
+                             "estimate": 100 * x["estimate"], "crossed 95 %": f"[{100 * x['low']:+.1f}, {100 * x['high']:+.1f}]",
+                             "t over seeds": _t_interval(x), "ceiling": 100 * x["ceiling"], "seeds": x["seeds"],
+                             "images": x["images"]})
+    return pd.DataFrame(rows).set_index(["dataset", "difference", "score"])
 
 
 def plot_by_class(result: MainResults) -> Any:

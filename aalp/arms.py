@@ -1,0 +1,78 @@
+"""The arms of the comparison: a method at its profile's settings, or at the configuration its search selected.
+
+An arm is named ``"<method>"`` (any method of :data:`aalp.methods.METHODS`, with the profile's settings) or
+``"<method>-tuned"`` (ALP and AALP, the methods :mod:`aalp.search` tunes): the method with the overrides of
+the best complete trial of its committed search (:func:`aalp.search.best_overrides`), *less the seed the
+search trained its trials at* (``Experiments.search_run_seed``, outside every profile's comparison seeds).
+The comparison retrains every arm on its own seeds, so the run that won the selection on validation images
+is never itself a reported result, and a lucky seed cannot carry a configuration into the test comparison.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import ConfigError, RunConfig, experiments, profile as profile_config
+from .methods import METHODS
+from .search import SEARCH_METHODS, best_overrides
+
+__all__ = ["ARMS", "COMPARED", "PAIRS", "SEARCH_METHODS", "TUNED", "check_arm", "is_tuned", "method_of",
+           "overrides", "config", "search_overrides", "seeds"]
+
+TUNED = "-tuned"
+ARMS: tuple[str, ...] = (*METHODS, *(f"{m}{TUNED}" for m in SEARCH_METHODS))
+"""Every arm name: the methods, then the tuned methods."""
+
+COMPARED: tuple[str, ...] = ("alp", "alp-tuned", "aalp", "aalp-tuned")
+"""The arms of the AALP-against-ALP comparison, trained on the profile's ``comparison_seeds``; every other
+arm is trained on its ``seeds``."""
+
+PAIRS: tuple[tuple[str, str], ...] = (("aalp-tuned", "alp-tuned"), ("aalp", "alp"), ("alp-tuned", "alp"),
+                                      ("aalp-tuned", "aalp"))
+"""The differences the comparison reports, the primary one (tuned against tuned) first: the defaults
+against each other, then what tuning bought each method."""
+
+
+def check_arm(arm: object) -> None:
+    """Refuse an unknown arm name (:class:`ConfigError` naming the choices)."""
+    if arm not in ARMS:
+        raise ConfigError(f"unknown method {arm!r}; choose one of {', '.join(ARMS)}")
+
+
+def method_of(arm: str) -> str:
+    """The registry method an arm trains: ``"aalp-tuned"`` → ``"aalp"``."""
+    check_arm(arm)
+    return arm.removesuffix(TUNED)
+
+
+def is_tuned(arm: str) -> bool:
+    """Whether the arm takes its configuration from a search."""
+    check_arm(arm)
+    return arm.endswith(TUNED)
+
+
+def seeds(profile: str, arm: str) -> tuple[int, ...]:
+    """The seeds the main table trains ``arm`` on: ``comparison_seeds`` for :data:`COMPARED`, else ``seeds``."""
+    check_arm(arm)
+    settings = experiments(profile)
+    return settings.comparison_seeds if arm in COMPARED else settings.seeds
+
+
+def search_overrides(profile: str) -> list[str]:
+    """The base overrides of a profile's declared searches: trials train at ``search_run_seed``."""
+    return [f"seed={experiments(profile).search_run_seed}"]
+
+
+def overrides(profile: str, dataset: str, arm: str, root: str | Path | None = None) -> list[str]:
+    """The overrides of ``arm`` on ``dataset``: none for a method at its settings; for a tuned arm, the
+    selected configuration of the committed search (:class:`ConfigError` if there is none yet) without its
+    training seed."""
+    if not is_tuned(arm):
+        return []
+    selected = best_overrides(profile, dataset, method_of(arm), root)
+    return [o for o in selected if o.partition("=")[0].strip() != "seed"]
+
+
+def config(profile: str, dataset: str, arm: str, seed: int, root: str | Path | None = None) -> RunConfig:
+    """The configuration of ``arm`` on ``dataset`` at ``seed`` (a tuned arm reads its committed search)."""
+    return profile_config(profile, dataset, method_of(arm), [*overrides(profile, dataset, arm, root), f"seed={seed}"])

@@ -1,0 +1,144 @@
+"""Chapter 7, the tuning search: ALP and AALP each tuned with the same budget, selected on validation images.
+
+Every dataset has one declared search per method (:mod:`aalp.search`; budget ``search_budget_epochs``
+trained epochs, trials trained at ``search_run_seed``), run by :meth:`aalp.experiments.Study.tuned` if its
+committed record is missing. This chapter reads the records: what each search tried, how its best
+validation score grew with the epochs it spent (whether it had saturated), and which configuration won.
+Validation scores are selection scores, never results: the tuned arms are reported only on test images,
+retrained on the comparison seeds (:mod:`aalp.arms`, chapter 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from ..arms import SEARCH_METHODS
+from ..config import to_dict
+from ..experiments import Study
+from ..figures import LABELS, palette
+from ..parameters import check_parameters
+from ..publish import Fact, Phrase
+from ..search import best_so_far, load_record
+
+
+@dataclass
+class Tuning:
+    """What chapter 7 computes (see the module docstring)."""
+
+    datasets: list[str]
+    records: dict[str, dict[str, dict[str, Any]]]  # dataset → method → search record
+    defaults: dict[str, dict[str, dict[str, Any]]]  # dataset → method → the profile's method parameters
+    facts: dict[str, Fact]
+
+    def trials(self) -> pd.DataFrame:
+        """One row per trial: its state, epochs trained, last validation score and its parameters."""
+        rows = []
+        for d, by_method in self.records.items():
+            for m, record in by_method.items():
+                for t in record["trials"]:
+                    last = max(t["scores"], key=int) if t["scores"] else None
+                    rows.append({"dataset": d, "method": LABELS[m], "trial": t["number"], "state": t["state"],
+                                 "epochs": t["epochs"], "validation score": t["scores"][last] if last else None,
+                                 "minutes": t["seconds"] / 60, **{k: _short(v) for k, v in t["params"].items()}})
+        return pd.DataFrame(rows).set_index(["dataset", "method", "trial"])
+
+    def selected(self) -> pd.DataFrame:
+        """Per dataset and method, each tuned parameter: the profile's default and the selected value."""
+        rows = []
+        for d, by_method in self.records.items():
+            for m, record in by_method.items():
+                if record["best"] is None:
+                    continue
+                for item in record["best"]["overrides"]:
+                    key, _, value = item.partition("=")
+                    if not key.startswith("method."):
+                        continue
+                    name = key.removeprefix("method.")
+                    rows.append({"dataset": d, "method": LABELS[m], "parameter": name,
+                                 "default": _short(self.defaults[d][m].get(name)), "selected": _short(value)})
+        return pd.DataFrame(rows).set_index(["dataset", "method", "parameter"])
+
+    def details(self) -> dict[str, Any]:
+        """JSON-ready records for ``results/<profile>/07_tuning.json``."""
+        return {"datasets": self.datasets,
+                "searches": {d: {m: {"best": r["best"], "epochs_spent": r["epochs_spent"],
+                                     "budget_epochs": r["budget_epochs"], "trials": len(r["trials"]),
+                                     "curve": best_so_far(r)} for m, r in ms.items()} for d, ms in self.records.items()}}
+
+
+def _short(value: Any) -> Any:
+    """A parameter value as a reader wants it: floats to three significant digits."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    if isinstance(value, bool) or str(value).lower() in ("true", "false"):
+        return value
+    return f"{number:.3g}"
+
+
+def _setting(override: str) -> str:
+    """``"method.lam=0.62603"`` → ``"lam=0.626"``."""
+    key, _, value = override.partition("=")
+    return f"{key.removeprefix('method.')}={_short(value)}"
+
+
+def compute(study: Study, datasets: list[str] | None = None) -> Tuning:
+    """Read (running first, if missing) the declared search of ALP and AALP on every dataset."""
+    check_parameters(datasets=datasets)
+    datasets = list(datasets or study.settings.datasets)
+    records: dict[str, dict[str, dict[str, Any]]] = {}
+    defaults: dict[str, dict[str, dict[str, Any]]] = {}
+    for d in datasets:
+        for m in SEARCH_METHODS:
+            study.tuned(d, m)
+        records[d] = {m: load_record(study.profile, d, m, study.root) for m in SEARCH_METHODS}
+        defaults[d] = {m: to_dict(study.config(d, m).train.method) for m in SEARCH_METHODS}
+    settings = study.settings
+    facts: dict[str, Fact] = {"tune_budget": settings.search_budget_epochs,
+                              "tune_run_seed": settings.search_run_seed,
+                              "tune_val_images": records[datasets[0]][SEARCH_METHODS[0]]["val_images"],
+                              "tune_epochs_per_run": records[datasets[0]][SEARCH_METHODS[0]]["epochs"]}
+    for d in datasets:
+        for m, record in records[d].items():
+            states = [t["state"] for t in record["trials"]]
+            key = f"tune_{d}_{m}"
+            facts.update({f"{key}_trials": len(states), f"{key}_complete": states.count("complete"),
+                          f"{key}_pruned": states.count("pruned"), f"{key}_spent": record["epochs_spent"],
+                          f"{key}_hours": sum(t["seconds"] for t in record["trials"]) / 3600})
+            best = record["best"]
+            facts[f"{key}_best"] = best["value"] if best else float("nan")
+            facts[f"{key}_config"] = Phrase(", ".join(_setting(o) for o in best["overrides"] if o.startswith("method."))
+                                            if best else "no complete trial")
+    return Tuning(datasets, records, defaults, facts)
+
+
+def plot_best_so_far(result: Tuning) -> Any:
+    """Best validation score so far against epochs spent, ALP and AALP, one panel per dataset; every
+    trial's last score as a dot at the epochs spent when it stopped (a flat curve: the search saturated)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    colours = palette()
+    fig, axes = plt.subplots(1, len(result.datasets), figsize=(5.4 * len(result.datasets), 3.6), squeeze=False,
+                             sharey=True)
+    for ax, d in zip(axes[0], result.datasets):
+        for m, record in result.records[d].items():
+            curve = [c for c in best_so_far(record) if c["best"] is not None]
+            if curve:
+                ax.step([c["epochs"] for c in curve], [c["best"] for c in curve], where="post", color=colours[m],
+                        label=f"{LABELS[m]}: best complete trial")
+            ends = [(t["epochs_spent"], t["scores"][max(t["scores"], key=int)]) for t in record["trials"] if t["scores"]]
+            ax.scatter([e for e, _ in ends], [s for _, s in ends], color=colours[m], s=14, alpha=0.5,
+                       label=f"{LABELS[m]}: a trial's last score")
+        ax.axvline(result.facts["tune_budget"], color="#999999", lw=1, ls=":")
+        ax.set(title=d, xlabel="epochs spent by the search", ylabel="validation accuracy, APGD-CE + T")
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

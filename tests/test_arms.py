@@ -1,0 +1,100 @@
+"""The comparison's arms (aalp.arms): a tuned arm is its committed search's selection without the search's
+training seed; compared arms train on the comparison seeds, never the search's; the declared search is run
+only when its record is missing or unfinished; bad names are one error line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aalp import arms, experiments as experiments_module
+from aalp.config import EXPERIMENTS, ConfigError, Experiments, experiments, profile
+from aalp.experiments import Study
+from aalp.grid import Unit, main_grid
+from aalp.parameters import check_parameters
+
+SELECTED = ["seed=100", "method.lam=1.7", "method.weighting=p_wrong"]
+
+
+def _record(root: Path, profile_name: str, dataset: str, method: str, *, budget: int, paused: bool = False) -> Path:
+    path = root / "results" / profile_name / "search" / f"{dataset}-{method}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trials = [{"number": 0, "state": "paused" if paused else "complete", "overrides": SELECTED[1:]}]
+    path.write_text(json.dumps({"budget_epochs": budget, "trials": trials,
+                                "best": {"number": 0, "value": 0.5, "run": "x", "overrides": SELECTED}}))
+    return path
+
+
+def test_arm_names() -> None:
+    assert arms.ARMS[-2:] == ("alp-tuned", "aalp-tuned") and set(arms.COMPARED) <= set(arms.ARMS)
+    assert arms.method_of("aalp-tuned") == "aalp" and arms.method_of("trades") == "trades"
+    assert arms.is_tuned("alp-tuned") and not arms.is_tuned("alp")
+    assert all(set(pair) <= set(arms.COMPARED) for pair in arms.PAIRS)
+    assert arms.PAIRS[0] == ("aalp-tuned", "alp-tuned")  # the primary comparison: tuned against tuned
+
+
+@pytest.mark.parametrize("name", ["trades-tuned", "ALP", "", None])
+def test_unknown_arm_is_one_line(name: object, record_fault) -> None:
+    record_fault("unknown arm name")
+    with pytest.raises(ConfigError, match="unknown method .*choose one of standard") as err:
+        arms.method_of(name)  # type: ignore[arg-type]
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="methods = "):
+        check_parameters(methods=[name])
+
+
+def test_tuned_arm_is_the_selection_without_the_search_seed(tmp_path: Path) -> None:
+    _record(tmp_path, "cpu", "fashion-mnist", "aalp", budget=60)
+    assert arms.overrides("cpu", "fashion-mnist", "aalp-tuned", tmp_path) == SELECTED[1:]
+    assert arms.overrides("cpu", "fashion-mnist", "aalp", tmp_path) == []
+    cfg = arms.config("cpu", "fashion-mnist", "aalp-tuned", 3, tmp_path)
+    assert cfg == profile("cpu", "fashion-mnist", "aalp", [*SELECTED[1:], "seed=3"])
+    assert cfg.train.seed == 3 and cfg.train.method.lam == 1.7 and cfg.train.method.weighting == "p_wrong"
+
+
+def test_every_profile_keeps_search_runs_out_of_the_reported_seeds() -> None:
+    for name, settings in EXPERIMENTS.items():
+        assert settings.search_run_seed not in (*settings.seeds, *settings.comparison_seeds), name
+        assert len(settings.comparison_seeds) >= len(settings.seeds) and settings.search_budget_epochs > 0
+        assert arms.search_overrides(name) == [f"seed={settings.search_run_seed}"]
+    assert len(experiments("cpu").comparison_seeds) >= 5  # the powered comparison the book reports
+    with pytest.raises(ConfigError, match="search_run_seed 1 must differ"):
+        Experiments(seeds=(0, 1), datasets=("mnist",), analysis_n=1, audit_n=1, audit_steps=(1,),
+                    audit_square_queries=1, comparison_seeds=(0,), search_budget_epochs=1, search_run_seed=1)
+
+
+def test_grid_trains_tuned_arms_on_comparison_seeds(tmp_path: Path) -> None:
+    _record(tmp_path, "cpu", "mnist", "aalp", budget=60)
+    units = main_grid("cpu", datasets=["mnist"], methods=["aalp-tuned", "trades"], root=tmp_path)
+    tuned = [Unit("mnist", "aalp", s, tuple(SELECTED[1:])) for s in experiments("cpu").comparison_seeds]
+    assert units == tuned + [Unit("mnist", "trades", s) for s in experiments("cpu").seeds]
+    assert units[0].config("cpu") == arms.config("cpu", "mnist", "aalp-tuned", 0, tmp_path)
+
+
+def test_a_tuned_arm_without_its_search_names_the_declared_command(tmp_path: Path, record_fault) -> None:
+    record_fault("tuned arm before its search")
+    with pytest.raises(ConfigError, match=r"no search record .*--budget-epochs 60 --set seed=100$"):
+        main_grid("cpu", datasets=["mnist"], methods=["aalp-tuned"], root=tmp_path)
+    assert not (tmp_path / "results").exists()
+
+
+def test_study_runs_the_declared_search_only_when_unfinished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_search(profile_name: str, dataset: str, method: str, **kwargs) -> None:
+        calls.append((profile_name, dataset, method, kwargs["budget_epochs"], kwargs["overrides"]))
+        _record(tmp_path, profile_name, dataset, method, budget=kwargs["budget_epochs"])
+
+    monkeypatch.setattr(experiments_module, "search", fake_search)
+    study = Study("cpu", tmp_path)
+    assert study.tuned("mnist", "aalp") == SELECTED[1:]  # no record: the declared search ran
+    assert calls == [("cpu", "mnist", "aalp", 60, ["seed=100"])]
+    assert study.tuned("mnist", "aalp") == SELECTED[1:] and len(calls) == 1  # finished: read only
+    _record(tmp_path, "cpu", "mnist", "aalp", budget=60, paused=True)
+    study.tuned("mnist", "aalp")
+    assert len(calls) == 2  # a paused trial: the search continues
+    _record(tmp_path, "cpu", "mnist", "aalp", budget=30)
+    study.tuned("mnist", "aalp")
+    assert len(calls) == 3  # a smaller budget than declared: the search continues
