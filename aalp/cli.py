@@ -12,12 +12,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 import torch
 
 from . import faults
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, write_json
 from .config import EPS, ConfigError, RunConfig, check_profile, config_hash, profile, to_dict
 from .data import DATASETS, DataError, fetch
 from .methods import METHODS
@@ -167,6 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--data-dir", default=None, help="datasets (default: data/ of the repository)")
     search.add_argument("--search-dir", default=None, help="study and record (default: results/<profile>/search)")
     search.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
+    own = commands.add_parser(
+        "evaluate-model", help="evaluate your own model (safetensors weights) with the book's protocol",
+        description="Evaluate a model of a registered architecture whose weights you trained elsewhere "
+                    "with exactly the protocol of a profile: its evaluation (AutoAttack included), the "
+                    "gradient-masking audit and the final worst case (aalp/protocol.py). Prints one summary "
+                    "line; --out writes the whole result as JSON.")
+    own.add_argument("--dataset", required=True, help=", ".join(DATASETS))
+    own.add_argument("--arch", required=True, help="a registered architecture (see 'models' below)")
+    own.add_argument("--weights", required=True, help="a .safetensors file: a state_dict, or a run checkpoint")
+    own.add_argument("--profile", default="cpu", help="whose protocol: smoke | cpu | paper (default: cpu)")
+    own.add_argument("--audit", default="cheap", help="cheap (default) | full | none")
+    own.add_argument("--out", default=None, help="write the result as JSON here")
+    own.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
     run = commands.add_parser("run", help="train and evaluate several methods / seeds, print a table",
                               description="Train (or reuse) and evaluate each method × seed, then print "
                                           "clean and robust accuracy.", epilog=EPILOG, formatter_class=formatter)
@@ -226,6 +240,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_grid(args.profile, units, runs_dir=args.runs_dir or results_dir(args.profile) / "runs",
                      data_dir=args.data_dir or ROOT / "data", jobs=args.jobs, cluster=args.cluster,
                      slurm=_slurm(args.slurm), progress=not args.quiet)
+            return 0
+        if args.command == "evaluate-model":
+            from .protocol import AUDITS, evaluate_model, load_model
+
+            _check_device(args.device)
+            check_profile(args.profile)
+            if args.audit not in AUDITS:
+                raise ConfigError(f"--audit must be one of {', '.join(AUDITS)}, got {args.audit!r}")
+            if args.out is not None and not Path(args.out).resolve().parent.is_dir():
+                raise ConfigError(f"--out {args.out}: its directory does not exist")
+            model = load_model(args.arch, args.weights, args.dataset)
+            device = None if args.device == "auto" else args.device
+            if device is None and torch.cuda.is_available():
+                device = "cuda"
+            result = evaluate_model(model, args.dataset, profile=args.profile, audit=args.audit, device=device)
+            if args.out is not None:
+                write_json(Path(args.out), result)
+            print(result["summary"])
             return 0
         if args.command == "search":
             from .search import search

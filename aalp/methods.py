@@ -18,7 +18,7 @@ penultimate features (:mod:`aalp.guided_dropout`) and the per-sample pairing wei
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from typing import ClassVar, Literal
 
 import torch
@@ -310,6 +310,25 @@ class AALP(Method):
 
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (Standard, PGDAT, ALP, TRADES, MART, AALP)}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Add a method of your own to :data:`METHODS` (a class decorator), so that profiles, ``--set``
+    overrides, training, the run cache and evaluation take it by its ``name`` like any built-in one.
+
+    Raises:
+        TypeError: ``cls`` is not a frozen dataclass subclass of :class:`Method` with a ``name``.
+        ValueError: the name is taken by another class.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Method) and isinstance(getattr(cls, "name", None), str)):
+        raise TypeError(f"register a subclass of aalp.methods.Method with a ClassVar name, not {cls!r}")
+    if not is_dataclass(cls) or not cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+        raise TypeError(f"{cls.__name__} must be a @dataclass(frozen=True): its fields are the run's identity")
+    taken = METHODS.get(cls.name)
+    if taken is not None and taken.__qualname__ != cls.__qualname__:
+        raise ValueError(f"method name {cls.name!r} is taken by {taken.__qualname__}; choose another name")
+    METHODS[cls.name] = cls
+    return cls
 
 
 def make_method(name: str, **params: object) -> Method:

@@ -1,0 +1,153 @@
+"""Your model, the book's protocol: evaluate any classifier exactly as every model of the book is evaluated.
+
+The protocol of a profile on a dataset has three parts, each the code the book's own models go through:
+
+1. **The evaluation** (:func:`aalp.evaluate.robustness` with the profile's
+   :class:`~aalp.config.EvalConfig`) on the profile's test images (:func:`aalp.evaluate.evaluation_set`):
+   clean, FGSM, PGD with restarts, CW where the profile has it, and AutoAttack on the first ``autoattack_n``
+   images, a class-stratified random sample of the test split shared by every model of the book.
+2. **The gradient-masking audit** (:func:`aalp.audit.audit`, cheap or full, with the profile's steps curve
+   and Square queries) on the first ``audit_n`` AutoAttack images, with AutoAttack's own warnings.
+3. **The final worst case**: on the audited images, an image is robust only if no attack of the
+   evaluation and none of the audit broke it.
+
+The model takes images in ``[0, 1]`` of the dataset's shape (normalise inside the model) and returns
+logits; it is put in eval mode for the attacks and given back in the mode it came in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .audit import audit as run_audit
+from .config import ConfigError, experiments, profile as profile_config
+from .data import DATASETS, DataError
+from .evaluate import evaluation_set, robustness
+from .models import MODELS, Classifier, build_model
+from .runs import ROOT
+
+AUDITS = ("none", "cheap", "full")
+
+
+def load_model(arch: str, weights: str | Path, dataset: str) -> Classifier:
+    """A registered architecture (:data:`aalp.models.MODELS`) built for ``dataset`` (its normalisation as the
+    first layer) with the tensors of a safetensors file: a plain ``state_dict`` or a checkpoint of this
+    package (tensors under ``model.``). Returned in eval mode.
+
+    Raises:
+        ConfigError: unknown architecture or dataset, a missing file, or tensors that do not fit.
+    """
+    from safetensors.torch import load_file
+
+    if arch not in MODELS:
+        raise ConfigError(f"unknown architecture {arch!r}; choose one of {', '.join(MODELS)}")
+    if dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    path = Path(weights)
+    if not path.is_file():
+        raise ConfigError(f"no weights file {path}; pass a .safetensors file")
+    spec = DATASETS[dataset]
+    try:
+        model = build_model(arch, input_shape=spec.input_shape, num_classes=spec.num_classes,
+                            mean=spec.mean, std=spec.std)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for a file that is not its format
+        raise ConfigError(f"{path} is not a readable safetensors file ({type(err).__name__})") from None
+    if any(k.startswith("model.") for k in tensors):
+        tensors = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:])[:160]
+        raise ConfigError(f"{path} does not hold {arch} weights for {dataset} ({detail})") from None
+    return model.eval()
+
+
+def check(model: object, dataset: str, profile: str, audit: str, surrogate: object = None) -> None:
+    """Refuse bad arguments of :func:`evaluate_model` (:class:`ConfigError`, one line), before any compute."""
+    experiments(profile)
+    if dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if audit not in AUDITS:
+        raise ConfigError(f"audit must be one of {', '.join(AUDITS)}, got {audit!r}")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if surrogate is not None and (audit != "full" or not isinstance(surrogate, nn.Module)):
+        raise ConfigError("a surrogate (a torch.nn.Module) is used by the full audit only: pass audit='full'")
+
+
+def evaluate_model(model: nn.Module, dataset: str, *, profile: str = "cpu", audit: str = "cheap",
+                   surrogate: nn.Module | None = None, data_root: str | Path = ROOT / "data",
+                   device: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluate ``model`` on ``dataset`` with the protocol of ``profile`` (see the module docstring).
+
+    Args:
+        audit: ``"cheap"`` (every model of the book), ``"full"`` (restarts, Square, transfer from
+            ``surrogate`` if given), or ``"none"`` (the evaluation only).
+        device: where to run (default: the model's device).
+
+    Returns:
+        ``evaluation`` (:func:`aalp.evaluate.robustness`'s result), ``audit`` (:func:`aalp.audit.audit`'s,
+        or ``None``), ``final_worst_case`` (accuracy on the audited images, or the evaluation's worst case
+        without an audit), ``masking_signals``, ``protocol`` (profile, dataset, ε, images) and ``summary``
+        (one line).
+
+    Raises:
+        ConfigError: a bad argument, or a model whose output is not ``(batch, classes)`` logits.
+    """
+    check(model, dataset, profile, audit, surrogate)
+    cfg = profile_config(profile, dataset, "standard").eval
+    settings = experiments(profile)
+    target = torch.device(device) if device else next(model.parameters(), torch.zeros(0)).device
+    try:
+        images = evaluation_set(dataset, cfg, data_root)
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    x, y = images.to(target).tensors()
+    was_training = model.training
+    model.to(target).eval()
+    try:
+        try:
+            with torch.no_grad():
+                out = model(x[:2])
+        except Exception as err:  # the user's model: whatever it raises, one line before any attack
+            raise ConfigError(f"the model failed on 2 images of {dataset} of shape {tuple(x.shape[1:])} in [0, 1] "
+                              f"({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
+        classes = DATASETS[dataset].num_classes
+        if out.shape != (2, classes):
+            raise ConfigError(f"the model returned shape {tuple(out.shape)} for 2 images of {dataset}; it "
+                              f"must return (batch, {classes}) logits for images in [0, 1]")
+        evaluation = robustness(model, x, y, cfg, log=log)
+        result: dict[str, Any] = {"evaluation": evaluation, "audit": None}
+        worst = evaluation["worst_case"]
+        final, audited = worst["accuracy"], worst["n"]
+        if audit != "none":
+            audited = min(settings.audit_n, worst["n"])
+            report = run_audit(model, x[:audited], y[:audited], cfg.eps, full=audit == "full", surrogate=surrogate,
+                               autoattack_warnings=evaluation["autoattack_warnings"], steps=settings.audit_steps,
+                               square_queries=settings.audit_square_queries)
+            result["audit"] = report
+            both = [a == b == "1" for a, b in zip(worst["robust"][:audited], report["worst_case"]["robust"])]
+            final = sum(both) / audited
+    finally:
+        model.train(was_training)
+    signals = list(result["audit"]["masking_signals"]) if result["audit"] else []
+    signals += [f"AutoAttack: {w}" for w in evaluation["autoattack_warnings"] if not result["audit"]]
+    aa = next((e for k, e in evaluation["attacks"].items() if k.startswith("autoattack")), None)
+    result.update({
+        "final_worst_case": final, "masking_signals": signals,
+        "protocol": {"profile": profile, "dataset": dataset, "eps": cfg.eps, "images": evaluation["n"],
+                     "autoattack_images": aa["n"] if aa else 0, "audited_images": audited, "audit": audit},
+        "summary": (f"{dataset}, ε = {cfg.eps:g}, {profile} protocol: clean {evaluation['attacks']['clean']['accuracy']:.1%}"
+                    + (f", AutoAttack {aa['accuracy']:.1%} of {aa['n']}" if aa else "")
+                    + f", worst case {worst['accuracy']:.1%}, final worst case {final:.1%} of {audited}"
+                    + f"; masking signals: {'; '.join(signals) or 'none'}")})
+    return result
