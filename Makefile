@@ -9,7 +9,7 @@ TOOLS   := .venv-tools
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(if $(filter 0,$(LOCK)),ranges,lock)
 
-.PHONY: run test test-lock test-unit test-notebooks test-book test-faults book reproduce pdf data bench lock clean-runs
+.PHONY: run test test-lock test-unit test-notebooks test-book test-faults book reproduce pdf screenshots data bench lock clean-runs
 
 run: book  ## main job: the HTML book from the committed executed notebooks -> book/_build/html/index.html
 
@@ -41,7 +41,11 @@ pdf: data  ## book.pdf via the single-page build and headless Chromium (apt-get 
 	$(PY) -m aalp book --builder singlehtml
 	chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
 	  --disable-sync --no-first-run --user-data-dir=$$(mktemp -d) --no-pdf-header-footer \
-	  --virtual-time-budget=10000 --print-to-pdf=$(CURDIR)/book.pdf file://$(CURDIR)/book/_build/singlehtml/index.html
+	  --virtual-time-budget=10000 --print-to-pdf=$(CURDIR)/book.pdf file://$(CURDIR)/book/_build/singlehtml/intro.html
+	AALP_PDF_BUILT=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_pdf.py
+
+screenshots:  ## the book's first screen, desktop and phone, in headless Chromium -> book/screenshots/ (after make run)
+	$(PY) .ci/screenshots.py
 
 bench: data  ## training / evaluation throughput vs a reference loop and the FLOP floor (~30 min on 2 cores)
 	$(PY) benchmarks/bench.py

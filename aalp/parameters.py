@@ -30,10 +30,12 @@ _NUMBER = (int, float)
 _SEEDS = (_optional(_list_of(lambda v: _is_int(v, 0))), "None or a list of integers ≥ 0")
 _PARAMETERS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dataset": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
+    "tuned_dataset": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
     "datasets": (_optional(_list_of(lambda v: v in DATASETS)), f"None or a list from {', '.join(DATASETS)}"),
     "seed": (lambda v: _is_int(v, 0), "an integer ≥ 0"),
     "seeds": _SEEDS,
     "ablation_seeds": _SEEDS,
+    "tuned_ablation_seeds": _SEEDS,
     "comparison_seeds": _SEEDS,
     "methods": (_list_of(lambda v: v in ARMS), f"a list from {', '.join(ARMS)}"),
     "fraction": (lambda v: isinstance(v, _NUMBER) and 0 < v <= 1, "a number in (0, 1]"),

@@ -44,6 +44,7 @@ NOTEBOOKS = (
     "05_robustness_audit",
     "06_cost",
     "07_tuning",
+    "08_model_zoo",
 )
 
 

@@ -18,6 +18,7 @@ run goes through this module.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,6 @@ def eval_path(directory: Path, cfg: EvalConfig) -> Path:
 
 def audit_path(directory: Path, key: dict[str, Any]) -> Path:
     """The cached audit of the run in ``directory`` whose inputs are ``key`` (JSON-ready)."""
-    import hashlib
-
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return Path(directory) / f"audit-{digest}.json"
 

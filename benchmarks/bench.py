@@ -311,27 +311,35 @@ def grid_units(profile: str) -> list[Unit]:
 
 
 def grid_throughput(profile: str, data_root: Path) -> dict[str, object]:
-    """Units per hour of ``run_grid`` with ``jobs=1`` (all cores) and ``jobs=2`` (1 thread each), same units,
-    fresh run caches, sides alternating A B B A; and whether the per-unit results agree."""
+    """Units per hour of ``run_grid`` on the same units (``threads=1``, every profile's setting) with
+    ``jobs=1`` and ``jobs=2``, and whether their per-unit results are identical (they must be: a unit's
+    identity fixes its training threads); beside them, ``jobs=1`` on the same units at ``threads=2`` (one
+    process using both cores, which makes them other units: CPU numerics depend on the thread count). Fresh
+    run caches; the sides alternate A B C C B A."""
     units, repeats = grid_units(profile), GRID[profile]["repeats"]
-    rates: dict[str, list[float]] = {"jobs1": [], "jobs2": []}
+    two_threads = [Unit(u.dataset, u.method, u.seed, (*u.overrides, "threads=2")) for u in units]
+    sides = {"jobs1": (units, 1), "jobs2": (units, 2), "jobs1_threads2": (two_threads, 1)}
+    rates: dict[str, list[float]] = {side: [] for side in sides}
     summaries: dict[str, list[dict[str, object]]] = {}
-    order = [side for r in range(repeats) for side in (("jobs1", "jobs2") if r % 2 == 0 else ("jobs2", "jobs1"))]
+    order = [side for r in range(repeats) for side in (list(sides) if r % 2 == 0 else list(sides)[::-1])]
     for side in order:
+        chosen, jobs = sides[side]
         runs = Path(tempfile.mkdtemp(prefix=f"aalp-bench-{side}-"))
         try:
             started = time.perf_counter()
-            summaries[side] = run_grid("cpu", units, runs_dir=runs, data_dir=data_root, jobs=int(side[-1]),
+            summaries[side] = run_grid("cpu", chosen, runs_dir=runs, data_dir=data_root, jobs=jobs,
                                        progress=False, log=lambda s: None)
-            rates[side].append(len(units) / (time.perf_counter() - started) * 3600)
+            rates[side].append(len(chosen) / (time.perf_counter() - started) * 3600)
         finally:
             shutil.rmtree(runs, ignore_errors=True)
     a, b = summaries["jobs1"], summaries["jobs2"]
-    same_bits = sum(x["robust"] == y["robust"] for x, y in zip(a, b))
+    same_bits = sum(x["robust"] == y["robust"] and x["run"] == y["run"] for x, y in zip(a, b))
     worst_gap = max(abs(x["worst_case"] - y["worst_case"]) for x, y in zip(a, b))
+    median = {side: statistics.median(r) for side, r in rates.items()}
     return {"units": [str(u) for u in units], "cores": len(os.sched_getaffinity(0)),
             "units_per_hour": {side: summary(r) for side, r in rates.items()},
-            "speedup_jobs2_over_jobs1": statistics.median(rates["jobs2"]) / statistics.median(rates["jobs1"]),
+            "speedup_jobs2_over_jobs1": median["jobs2"] / median["jobs1"],
+            "speedup_jobs2_over_one_process_2_threads": median["jobs2"] / median["jobs1_threads2"],
             "identical_units": same_bits, "max_worst_case_gap": worst_gap,
             "torchrun": torchrun_comparison(profile, data_root)}
 
@@ -348,10 +356,12 @@ def torchrun_comparison(profile: str, data_root: Path) -> dict[str, float]:
         for side, launcher, threads in [("one_process_2_threads", [sys.executable], "2"),
                                         ("torchrun_2x1_thread", [sys.executable, "-m", "torch.distributed.run",
                                                                  "--standalone", "--nproc_per_node", "2"], "1")]:
+            # the run's own thread count (part of its identity) is what training uses
+            side_overrides = [*overrides, f"threads={threads}"]
             env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
                    "OMP_NUM_THREADS": threads}
             subprocess.run([*launcher, "-m", "aalp", "train", "--profile", "cpu", "--method", "pgd-at", "--quiet",
-                            "--runs-dir", str(base / side), "--data-dir", str(data_root), "--set", *overrides],
+                            "--runs-dir", str(base / side), "--data-dir", str(data_root), "--set", *side_overrides],
                            cwd=ROOT, env=env, check=True, capture_output=True)
             (directories[side],) = (base / side).iterdir()
             seconds[side] = read_history(directories[side])[0]["train_seconds"]
@@ -418,14 +428,16 @@ def table(result: dict[str, object]) -> str:
         g = result["grid"]
         u, t = g["units_per_hour"], g["torchrun"]
         lines += ["", f"Grid (measured {g['date']}, {g['cores']} cores, {len(g['units'])} short cpu-profile units "
-                  f"of train + evaluate, A B B A): `--jobs 1` (one process, {g['cores']} threads) "
-                  f"{_spread(u['jobs1'])} units/h, `--jobs 2` (two lanes, 1 thread each) {_spread(u['jobs2'])} "
-                  f"units/h: **{g['speedup_jobs2_over_jobs1']:.2f}×** (target ≥ 1.2). Per-unit results identical "
-                  f"on {g['identical_units']} of {len(g['units'])} units (largest worst-case gap "
-                  f"{g['max_worst_case_gap']:.2%}). One unit ({t['train_size']} images, 1 epoch): one process "
-                  f"with 2 threads {t['one_process_2_threads']:.1f} s, torchrun 2 × 1 thread "
-                  f"{t['torchrun_2x1_thread']:.1f} s ({t['speedup']:.2f}×; largest weight difference "
-                  f"{t['max_weight_gap']:.1e})."]
+                  f"of train + evaluate at 1 training thread, sides alternating): `--jobs 1` {_spread(u['jobs1'])} "
+                  f"units/h, `--jobs 2` (two lanes) {_spread(u['jobs2'])} units/h: "
+                  f"**{g['speedup_jobs2_over_jobs1']:.2f}×** (target ≥ 1.2); per-unit results identical on "
+                  f"{g['identical_units']} of {len(g['units'])} units (largest worst-case gap "
+                  f"{g['max_worst_case_gap']:.2%}). The same units at 2 training threads in one process (other "
+                  f"units: CPU numerics depend on the thread count) {_spread(u['jobs1_threads2'])} units/h, so two "
+                  f"1-thread lanes do {g['speedup_jobs2_over_one_process_2_threads']:.2f}× the units of one "
+                  f"2-thread process. One unit ({t['train_size']} images, 1 epoch): one process with 2 threads "
+                  f"{t['one_process_2_threads']:.1f} s, torchrun 2 × 1 thread {t['torchrun_2x1_thread']:.1f} s "
+                  f"({t['speedup']:.2f}×; largest weight difference {t['max_weight_gap']:.1e})."]
     if "precision" in result:
         p = result["precision"]
         lines += ["", f"bf16 autocast vs float32 ({p['model']} PGD-AT training): "

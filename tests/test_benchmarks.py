@@ -28,9 +28,10 @@ def test_quick_benchmark_writes_its_measurements(tmp_path: Path, mnist_root: Pat
         result["batch"] * floor["dense_flops_per_s"]["peak"] / floor["step_flops"])
     assert floor["efficiency"] == pytest.approx(rows["pgd-at"]["median"] / floor["floor_images_per_s"])
     assert result["attack_steps"] == 10
-    grid = result["grid"]  # both sides ran the same units, once each, and the torchrun comparison ran
+    grid = result["grid"]  # every side ran the units once, and the torchrun comparison ran
     assert len(grid["units"]) == 2 and {s: r["repeats"] for s, r in grid["units_per_hour"].items()} == \
-        {"jobs1": 1, "jobs2": 1}
+        {"jobs1": 1, "jobs2": 1, "jobs1_threads2": 1}
+    assert grid["identical_units"] == 2  # a unit's result does not depend on the lanes it ran in
     assert grid["speedup_jobs2_over_jobs1"] == pytest.approx(
         grid["units_per_hour"]["jobs2"]["median"] / grid["units_per_hour"]["jobs1"]["median"])
     assert set(grid["torchrun"]) >= {"one_process_2_threads", "torchrun_2x1_thread", "max_weight_gap"}

@@ -20,14 +20,14 @@ from aalp.reproduce import NOTEBOOKS
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
 HTML = BOOK / "_build" / "html"
-TEXT_PAGES = ["intro", "method", "results", "reproduce"]
+TEXT_PAGES = ["intro", "method", "results", "reproduce", "own_model", "own_method"]
 ROLE = re.compile(r"\{glue(?::(\w+))?\}`([^`]+)`")
 
 pytestmark = pytest.mark.skipif(not os.environ.get("AALP_BOOK_BUILT"),
                                 reason="build the book first: make test-book")
 
 FIGURES = {"01_feature_contribution": 2, "02_alp_target_fit": 2, "03_main_results": 2, "04_ablation": 1,
-           "05_robustness_audit": 1, "06_cost": 1, "07_tuning": 1}
+           "05_robustness_audit": 2, "06_cost": 2, "07_tuning": 1, "08_model_zoo": 0}
 
 
 def page(name: str) -> str:
@@ -152,3 +152,27 @@ def test_setup_and_publishing_code_is_off_the_page(name: str) -> None:
     text = html.unescape(re.sub(r"<[^>]+>", "", page(f"notebooks/{name}")))
     for needle in ("study.publish(", "from aalp.chapters import", "glue("):
         assert needle not in text, f"{name}: {needle!r} is on the rendered page"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_each_notebook_page_offers_its_notebook(name: str) -> None:
+    """The download button gives the executed notebook itself (.ipynb), which the reader can rerun."""
+    text = page(f"notebooks/{name}")
+    link = re.search(rf'href="([^"]*_sources/notebooks/{name}\.ipynb)"', text)
+    assert link, f"{name}: no .ipynb download"
+    assert (HTML / "notebooks" / link.group(1)).resolve().is_file()
+
+
+@pytest.mark.parametrize("name", TEXT_PAGES + [f"notebooks/{n}" for n in NOTEBOOKS])
+def test_glued_values_render_as_text_not_code(name: str) -> None:
+    """A glued number or verdict is part of the sentence: never inside <code>, <pre> or a literal span."""
+    text = page(name)
+    roles, _ = _roles(name.removeprefix("notebooks/"))
+    assert text.count('class="pasted-text"') >= (1 if roles else 0), f"{name}: glued text is not myst-nb's pasted text"
+    for tag in re.findall(r"<(?:code|pre|tt)[^>]*>(?:(?!</(?:code|pre|tt)>).)*?pasted-text", text, re.S):
+        pytest.fail(f"{name}: a glued value inside a code element: {tag[:120]}")
+
+
+def test_the_zoo_page_lists_models() -> None:
+    text = page("notebooks/08_model_zoo")
+    assert "<table" in text and "sha256" in text and "load_model" in text

@@ -69,6 +69,28 @@ def variants(lams: Sequence[float]) -> list[Variant]:
     return out
 
 
+DEFAULT_WEIGHTING = "p_adv"
+"""The weighting the sample-weighting-only variant uses when the tuned AALP weights every sample one."""
+
+
+def tuned_variants(selected: Sequence[str]) -> list[Variant]:
+    """The modules one at a time at the configuration AALP's search selected (``selected``: its overrides,
+    :func:`aalp.arms.overrides`): both modules off (the reference: ALP's loss at the selected λ and
+    settings), Guided Dropout only, sample weighting only, both, and the tuned AALP itself (which is one of
+    these when the search left a module off). A module the search switched off is switched on with its
+    defaults, and a weighting of ``one`` becomes :data:`DEFAULT_WEIGHTING`."""
+    base = tuple(selected)
+    chosen = next((o.partition("=")[2] for o in base if o.startswith("method.weighting=")), DEFAULT_WEIGHTING)
+    weighting = chosen if chosen != "one" else DEFAULT_WEIGHTING
+    off_gd, on_gd = ("method.guided_dropout=false",), ("method.guided_dropout=true",)
+    off_sw, on_sw = ("method.weighting=one", "method.weight_normalize=false"), (f"method.weighting={weighting}",)
+    return [Variant("alp", REFERENCE, "aalp", base + off_gd + off_sw),
+            Variant("gd", WITH_GD, "aalp", base + on_gd + off_sw),
+            Variant("sw", WITH_SW, "aalp", base + off_gd + on_sw),
+            Variant("both", "ALP + both modules", "aalp", base + on_gd + on_sw),
+            Variant("aalp", "AALP (tuned)", "aalp", base)]
+
+
 @dataclass
 class Ablation:
     """What chapter 4 computes (see the module docstring)."""
@@ -161,22 +183,28 @@ def guided_dropout_verdict(concentration_diff: Mapping[str, Any], worst_diff: Ma
 # ----------------------------------------------------------------------------------------------------
 
 def compute(study: Study, dataset: str = "mnist", ablation_seeds: list[int] | None = None,
-            lams: list[float] | None = None) -> Ablation:
-    """Train (if not cached), evaluate and compare every variant with ALP; see the module docstring."""
+            lams: list[float] | None = None, tuned: bool = False) -> Ablation:
+    """Train (if not cached), evaluate and compare every variant with ALP; see the module docstring.
+
+    ``tuned``: the modules one at a time at AALP's tuned configuration (:func:`tuned_variants`) instead of
+    :func:`variants` at the defaults (``lams`` unused), on the first three comparison seeds by default;
+    facts are then keyed ``ablt_`` instead of ``abl_``.
+    """
     lams = [0.25, 1.0] if lams is None else lams
     check_parameters(dataset=dataset, ablation_seeds=ablation_seeds, lams=lams)
-    seeds = list(ablation_seeds or study.settings.seeds[:1])
-    chosen = variants(lams)
+    seeds = list(ablation_seeds or (study.settings.comparison_seeds[:3] if tuned else study.settings.seeds[:1]))
+    chosen = tuned_variants(study.tuned(dataset, "aalp")) if tuned else variants(lams)
     runs = {v.label: [study.run(dataset, v.method, s, v.overrides, label=v.label) for s in seeds] for v in chosen}
     x, y = study.test_images(dataset)
     primary = {label: np.stack([concentration(model_contributions(r.model, x, y))[PRIMARY].numpy() for r in rs])
                for label, rs in runs.items()}
     return summarise(runs, primary, dataset=dataset, seeds=seeds, chosen=chosen, n_images=len(y),
-                     profile=study.profile)
+                     profile=study.profile, prefix="ablt" if tuned else "abl")
 
 
 def summarise(runs: Mapping[str, Sequence[Run]], primary: Mapping[str, np.ndarray], *, dataset: str,
-              seeds: list[int], chosen: list[Variant], n_images: int, profile: str) -> Ablation:
+              seeds: list[int], chosen: list[Variant], n_images: int, profile: str,
+              prefix: str = "abl") -> Ablation:
     """Comparisons, correlation and facts from the runs and their per-image primary statistic ``primary``
     (label → (seeds, images)); split from :func:`compute` so that the rules can be tested without training."""
     reference = bits(runs[REFERENCE])
@@ -192,29 +220,29 @@ def summarise(runs: Mapping[str, Sequence[Run]], primary: Mapping[str, np.ndarra
                        "n_boot_used": 0, "reason": str(error)}
     gd_concentration = stats.paired_difference(primary[WITH_GD], primary[REFERENCE])
 
-    facts: dict[str, Fact] = {"abl_profile": Phrase(profile), "abl_dataset": Phrase(title(dataset)),
-                              "abl_seeds": Phrase(", ".join(map(str, seeds))), "abl_n_seeds": len(seeds),
-                              "abl_images": int(reference.shape[1]), "abl_analysis_images": n_images,
-                              "abl_variants": len(chosen)}
+    facts: dict[str, Fact] = {f"{prefix}_profile": Phrase(profile), f"{prefix}_dataset": Phrase(title(dataset)),
+                              f"{prefix}_seeds": Phrase(", ".join(map(str, seeds))), f"{prefix}_n_seeds": len(seeds),
+                              f"{prefix}_images": int(reference.shape[1]), f"{prefix}_analysis_images": n_images,
+                              f"{prefix}_variants": len(chosen)}
     for v in chosen:
         rs = runs[v.label]
-        facts[f"abl_{v.key}"] = float(np.mean([r.accuracy("worst_case") for r in rs]))
-        facts[f"abl_{v.key}_clean"] = float(np.mean([r.accuracy("clean") for r in rs]))
-        facts[f"abl_{v.key}_gini"] = float(primary[v.label].mean())
+        facts[f"{prefix}_{v.key}"] = float(np.mean([r.accuracy("worst_case") for r in rs]))
+        facts[f"{prefix}_{v.key}_clean"] = float(np.mean([r.accuracy("clean") for r in rs]))
+        facts[f"{prefix}_{v.key}_gini"] = float(primary[v.label].mean())
         if v.label == REFERENCE:
             continue
         c = comparisons[v.label]
         for part in ("estimate", "low", "high", "t_low", "t_high"):
-            facts[f"abl_{v.key}_diff" + ("" if part == "estimate" else f"_{part}")] = c[part]
-        facts[f"abl_{v.key}_verdict"] = Phrase(stats.verdict(c, (v.label, REFERENCE)))
-    facts["abl_above_alp"] = distinguishable(comparisons, +1)
-    facts["abl_below_alp"] = distinguishable(comparisons, -1)
+            facts[f"{prefix}_{v.key}_diff" + ("" if part == "estimate" else f"_{part}")] = c[part]
+        facts[f"{prefix}_{v.key}_verdict"] = Phrase(stats.verdict(c, (v.label, REFERENCE)))
+    facts[f"{prefix}_above_alp"] = distinguishable(comparisons, +1)
+    facts[f"{prefix}_below_alp"] = distinguishable(comparisons, -1)
     for part in ("rho", "low", "high", "n", "p"):
-        facts["abl_rho" + ("" if part == "rho" else f"_{part}")] = correlation[part]
-    facts["abl_rho_reading"] = Phrase(predicts(correlation))
+        facts[f"{prefix}_rho" + ("" if part == "rho" else f"_{part}")] = correlation[part]
+    facts[f"{prefix}_rho_reading"] = Phrase(predicts(correlation))
     for part in ("estimate", "low", "high"):
-        facts["abl_gd_gini_diff" + ("" if part == "estimate" else f"_{part}")] = gd_concentration[part]
-    facts["abl_obs1_verdict"] = Phrase(guided_dropout_verdict(gd_concentration, comparisons[WITH_GD]))
+        facts[f"{prefix}_gd_gini_diff" + ("" if part == "estimate" else f"_{part}")] = gd_concentration[part]
+    facts[f"{prefix}_obs1_verdict"] = Phrase(guided_dropout_verdict(gd_concentration, comparisons[WITH_GD]))
     return Ablation(dataset, seeds, chosen, dict(runs), comparisons, measure, correlation, gd_concentration, facts)
 
 

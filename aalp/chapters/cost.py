@@ -222,3 +222,33 @@ def plot_curve(result: Cost) -> Any:
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def plot_training_attack(result: Cost) -> Any:
+    """The training attack's success per epoch (1 − accuracy on the training batches' adversarial
+    examples, first seed), and the fraction of them that ended below the clean loss, one panel per dataset:
+    logit pairing that masks its own training attack shows a success that falls while the real robustness
+    does not rise."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
+
+    colours = palette()
+    fig, axes = plt.subplots(1, len(result.datasets), figsize=(5.4 * len(result.datasets), 3.6), squeeze=False,
+                             sharey=True)
+    for ax, d in zip(axes[0], result.datasets):
+        for m in result.methods:
+            history = result.runs[d][m][0].history
+            if not history or "correct_adv" not in history[0]:
+                continue  # standard training runs no attack
+            epochs = range(1, len(history) + 1)
+            ax.plot(epochs, [1 - h["correct_adv"] for h in history], marker="o", ms=3, color=colours[m],
+                    label=LABELS.get(m, m))
+            if any(h.get("adv_easier") for h in history):
+                ax.plot(epochs, [h.get("adv_easier", 0.0) for h in history], ls=":", color=colours[m])
+        ax.set(title=f"{d}, seed {result.seeds[0]}", xlabel="epoch",
+               ylabel="training attack success (dotted: ends below the clean loss)")
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -35,6 +35,7 @@ class Audits:
     rows: pd.DataFrame  # one row per audited model
     audits: dict[tuple[str, str, int, bool], dict[str, Any]]  # (dataset, method, seed, full) → audit result
     facts: dict[str, Fact]
+    strength: pd.DataFrame  # dataset, method, seed, step, attacks, accuracy: worst case as attacks are added
 
     def table(self) -> pd.DataFrame:
         """Every model's numbers beside its masking signals."""
@@ -50,6 +51,36 @@ class Audits:
 
 def _bits(text: str) -> np.ndarray:
     return np.frombuffer(text.encode(), dtype=np.uint8) - ord("0")
+
+
+def _family(name: str, entry: dict[str, Any] | None = None) -> str:
+    """A reader's name for an attack of the evaluation (``entry`` None) or of the audit."""
+    if entry is None:
+        for prefix, label in (("clean", "clean"), ("fgsm", "FGSM"), ("pgd", "PGD"), ("cw", "CW"),
+                              ("autoattack", "AutoAttack")):
+            if name.startswith(prefix):
+                return label
+        return name
+    if name in ("square", "transfer"):
+        return {"square": "Square", "transfer": "transfer"}[name]
+    start = "restarts" if entry["random_start"] else "no random start"
+    return f"audit {entry['loss'].upper()}-PGD-{entry['steps']}, {start}"
+
+
+def strength_curve(run: Run, audit: dict[str, Any]) -> list[dict[str, Any]]:
+    """Accuracy on the audited images as attacks are added one by one, the evaluation's first (clean,
+    FGSM, PGD, …, AutoAttack) and then the audit's: where a model's number settles. The last point is
+    :func:`final_worst_case`."""
+    n = len(audit["worst_case"]["robust"])
+    alive = np.ones(n, dtype=bool)
+    points = []
+    for name in run.results["attacks"]:
+        alive &= run.bits(name)[:n].astype(bool)
+        points.append({"attacks": _family(name), "accuracy": float(alive.mean())})
+    for name, entry in audit["attacks"].items():
+        alive &= _bits(entry["robust"]).astype(bool)
+        points.append({"attacks": _family(name, entry), "accuracy": float(alive.mean())})
+    return [{"step": i, **p} for i, p in enumerate(points)]
 
 
 def final_worst_case(run: Run, audit: dict[str, Any]) -> float:
@@ -78,7 +109,7 @@ def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | 
     full_seeds = list(full_audit_seeds or seeds[:1])
     steps = list(steps or settings.audit_steps)
     square_queries = square_queries or settings.audit_square_queries
-    rows, audits = [], {}
+    rows, audits, strength = [], {}, []
     for d in datasets:
         for m in methods:
             for s in sorted(set(seeds) | set(full_seeds)):
@@ -94,6 +125,7 @@ def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | 
                     result = study.audit(run, x, y, full=True, surrogate=surrogate, square_queries=square_queries,
                                          **kwargs)
                     audits[(d, m, s, True)] = result
+                strength += [{"dataset": d, "method": m, "seed": s, **p} for p in strength_curve(run, result)]
                 rows.append({"dataset": d, "method": m, "seed": s, "audit": "full" if s in full_seeds else "cheap",
                              "images": n, "worst case (evaluation)": float(run.bits("worst_case")[:n].mean()),
                              "final worst case": final_worst_case(run, result),
@@ -101,7 +133,7 @@ def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | 
                              "masking signals": "; ".join(s.split(":")[0] for s in result["masking_signals"]) or "none",
                              "passed": result["passed"]})
     frame = pd.DataFrame(rows)
-    return Audits(datasets, seeds, full_seeds, methods, frame, audits, _facts(frame, audits))
+    return Audits(datasets, seeds, full_seeds, methods, frame, audits, _facts(frame, audits), pd.DataFrame(strength))
 
 
 def _facts(frame: pd.DataFrame, audits: dict[tuple[str, str, int, bool], dict[str, Any]]) -> dict[str, Fact]:
@@ -150,6 +182,34 @@ def plot_curves(result: Audits) -> Any:
                          palette=palette(), marker="o", ax=ax, legend=curve == "steps" and d == result.datasets[0])
             ax.set(xlabel="PGD steps" if curve == "steps" else "ε", title=f"{d}: PGD by {curve}",
                    xscale="log" if curve == "steps" else "linear")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_strength(result: Audits) -> Any:
+    """Worst-case accuracy as attacks are added, per method (first full-audit seed), one panel per dataset:
+    a curve that keeps falling after AutoAttack means the evaluation alone overstated robustness."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
+
+    seed = result.full_seeds[0]
+    colours = palette()
+    fig, axes = plt.subplots(len(result.datasets), 1, figsize=(9, 3.6 * len(result.datasets)), squeeze=False)
+    for ax, d in zip(axes[:, 0], result.datasets):
+        data = result.strength[(result.strength.dataset == d) & (result.strength.seed == seed)]
+        labels: list[str] = []
+        for m in order(result.methods):
+            one = data[data.method == m]
+            if len(one) > len(labels):
+                labels = list(one["attacks"])
+            ax.step(one["step"], one["accuracy"], where="post", marker="o", ms=3, color=colours[m],
+                    label=LABELS.get(m, m))
+        ax.set_xticks(range(len(labels)), ["+ " + a if i else a for i, a in enumerate(labels)], rotation=35,
+                      ha="right", fontsize=8)
+        ax.set(title=f"{d}, seed {seed}: accuracy as attacks are added", ylabel="robust on every attack so far")
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     plt.close(fig)
     return fig

@@ -1,0 +1,113 @@
+"""The model zoo: every model of a profile's main table in the committed run cache, loadable by name.
+
+``load_model(dataset="mnist", method="aalp", seed=0)`` returns the trained model (RobustBench-style; the
+method is an arm of :mod:`aalp.arms`, so ``"aalp-tuned"`` is the configuration AALP's search selected).
+:func:`cards` gives one model card per trained and evaluated model: its configuration, clean, AutoAttack and
+worst-case accuracy on the profile's test images, its audits (cheap and full: passed, and the masking
+signals), its training time, the SHA-256 of its weights, and a *check*: the first :data:`CHECK_IMAGES`
+evaluated images' clean correctness, against which a loaded model can be verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from . import arms
+from .config import ConfigError, experiments, to_dict
+from .data import DATASETS
+from .models import Classifier
+from .runs import CHECKPOINT, ROOT, eval_path, is_trained, load_run, read_history, results_dir, run_dir
+from .search import record_path
+
+CHECK_IMAGES = 100
+"""Evaluated test images whose clean correctness a card records, to verify a loaded model."""
+
+
+def _runs(profile: str, root: Path) -> list[tuple[str, str, int, Any]]:
+    """(dataset, arm, seed, config) of every main-table model of ``profile`` (tuned arms only where their
+    search is committed)."""
+    out = []
+    for d in experiments(profile).datasets:
+        for arm in arms.ARMS:
+            if arms.is_tuned(arm) and not record_path(profile, d, arms.method_of(arm), root).exists():
+                continue
+            for s in arms.seeds(profile, arm):
+                out.append((d, arm, s, arms.config(profile, d, arm, s, root)))
+    return out
+
+
+def _card(profile: str, dataset: str, arm: str, seed: int, cfg: Any, directory: Path) -> dict[str, Any]:
+    evaluation = json.loads(eval_path(directory, cfg.eval).read_text())
+    attacks = evaluation["attacks"]
+    aa = next((e for name, e in attacks.items() if name.startswith("autoattack")), None)
+    audits = []
+    for path in sorted(directory.glob("audit-*.json")):
+        stored = json.loads(path.read_text())
+        audits.append({"audit": "full" if stored["key"]["full"] else "cheap", "passed": stored["result"]["passed"],
+                       "masking_signals": stored["result"]["masking_signals"], "images": len(stored["result"]["worst_case"]["robust"])})
+    history = read_history(directory)
+    return {"name": f"{dataset}/{arm}/seed-{seed}", "dataset": dataset, "method": arm, "seed": seed,
+            "profile": profile, "run": directory.name, "model": cfg.train.model, "eps": cfg.eval.eps,
+            "method_parameters": to_dict(cfg.train.method), "epochs": len(history),
+            "train_hours": sum(h["train_seconds"] for h in history) / 3600,
+            "clean": attacks["clean"]["accuracy"], "autoattack": aa["accuracy"] if aa else None,
+            "autoattack_images": aa["n"] if aa else 0, "worst_case": evaluation["worst_case"]["accuracy"],
+            "autoattack_warnings": evaluation.get("autoattack_warnings", []), "audits": audits,
+            "sha256": hashlib.sha256((directory / CHECKPOINT).read_bytes()).hexdigest(),
+            "check": {"images": CHECK_IMAGES, "clean": attacks["clean"]["robust"][:CHECK_IMAGES]}}
+
+
+def cards(profile: str = "cpu", root: str | Path = ROOT) -> list[dict[str, Any]]:
+    """The model card of every trained and evaluated main-table model of ``profile`` (see the module docstring)."""
+    root = Path(root)
+    runs_dir = results_dir(profile, root) / "runs"
+    out = []
+    for d, arm, s, cfg in _runs(profile, root):
+        directory = run_dir(cfg.train, runs_dir)
+        if is_trained(cfg.train, runs_dir) and eval_path(directory, cfg.eval).exists():
+            out.append(_card(profile, d, arm, s, cfg, directory))
+    return out
+
+
+def load_model(dataset: str, method: str, seed: int = 0, *, profile: str = "cpu", root: str | Path = ROOT,
+               device: str | None = "cpu") -> Classifier:
+    """The trained model of the zoo (eval mode): ``method`` is an arm (:data:`aalp.arms.ARMS`).
+
+    Raises:
+        ConfigError: an unknown name, or a model the committed run cache does not hold (the message says
+            how to train it).
+    """
+    experiments(profile)
+    if dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    arms.check_arm(method)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"seed must be an integer ≥ 0, got {seed!r}")
+    cfg = arms.config(profile, dataset, method, seed, root)
+    runs_dir = results_dir(profile, Path(root)) / "runs"
+    if not is_trained(cfg.train, runs_dir):
+        raise ConfigError(f"the {profile} zoo has no {dataset}/{method}/seed-{seed} (aalp.zoo.cards() lists what "
+                          f"it has); train it: "
+                          f"python -m aalp grid --profile {profile} --datasets {dataset} --methods {method} "
+                          f"--seeds {seed}")
+    return load_run(run_dir(cfg.train, runs_dir), device)[0]
+
+
+def table(profile: str = "cpu", root: str | Path = ROOT) -> Any:
+    """The zoo's page: one row per card (accuracies in percent, audits, hours, the weights' SHA-256 prefix)."""
+    import pandas as pd
+
+    rows = []
+    for c in cards(profile, root):
+        audits = "; ".join(f"{a['audit']} {'passed' if a['passed'] else 'signals: ' + ', '.join(s.split(':')[0] for s in a['masking_signals'])}"
+                           for a in c["audits"]) or "not audited"
+        rows.append({"model": c["name"], "architecture": c["model"], "clean": 100 * c["clean"],
+                     "AutoAttack": None if c["autoattack"] is None else 100 * c["autoattack"],
+                     "worst case": 100 * c["worst_case"], "AutoAttack warnings": len(c["autoattack_warnings"]),
+                     "audit": audits, "training hours": c["train_hours"], "run": c["run"], "sha256": c["sha256"][:16]})
+    columns = ["model", "architecture", "clean", "AutoAttack", "worst case", "AutoAttack warnings", "audit",
+               "training hours", "run", "sha256"]
+    return pd.DataFrame(rows, columns=columns).set_index("model")
