@@ -61,6 +61,23 @@ class Tuning:
                                  "default": _short(self.defaults[d][m].get(name)), "selected": _short(value)})
         return pd.DataFrame(rows).set_index(["dataset", "method", "parameter"])
 
+    def rungs(self) -> pd.DataFrame:
+        """How well each early rung's score ranks the trials that completed (Spearman's ρ with the final
+        score; NaN below three trials): successive halving prunes on the early scores, so a low ρ says the
+        pruning was close to chance."""
+        from scipy.stats import spearmanr
+
+        rows = []
+        for d, by_method in self.records.items():
+            for m, record in by_method.items():
+                complete = [t for t in record["trials"] if t["state"] == "complete"]
+                for rung in record["rungs"][:-1]:
+                    pairs = [(t["scores"][str(rung)], t["value"]) for t in complete if str(rung) in t["scores"]]
+                    rho = spearmanr(*zip(*pairs))[0] if len(pairs) >= 3 else float("nan")
+                    rows.append({"dataset": d, "method": LABELS[m], "rung (epochs)": rung,
+                                 "complete trials": len(pairs), "Spearman ρ with the final score": rho})
+        return pd.DataFrame(rows).set_index(["dataset", "method", "rung (epochs)"])
+
     def details(self) -> dict[str, Any]:
         """JSON-ready records for ``results/<profile>/07_tuning.json``."""
         return {"datasets": self.datasets,
