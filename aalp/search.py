@@ -72,6 +72,9 @@ MIN_EPOCHS = 2
 SCORE_SEED = 0
 SCORE_BATCH = 500
 SAMPLER_SEED_STRIDE = 1_000_003
+TPE_STARTUP = 10
+"""Trials TPE draws at random before it models the scores (Optuna's default, stated): a search with fewer
+trials than this is a seeded random search, and successive halving is what concentrates its epochs."""
 
 # ----------------------------------------------------------------------------------------------------
 # The declared search spaces
@@ -324,7 +327,8 @@ class _Search:
         import optuna
 
         number = len(self.study.get_trials(deepcopy=False))
-        self.study.sampler = optuna.samplers.TPESampler(seed=self.plan.seed * SAMPLER_SEED_STRIDE + number)
+        self.study.sampler = optuna.samplers.TPESampler(seed=self.plan.seed * SAMPLER_SEED_STRIDE + number,
+                                                          n_startup_trials=TPE_STARTUP)
         trial = self.study.ask()
         overrides = SPACES[self.plan.method](trial, self.plan.cfg.train.epochs)
         trial.set_user_attr("overrides", overrides)
@@ -449,7 +453,8 @@ def _record(study: optuna.Study, p: Plan, runs_dir: Path) -> dict[str, Any]:
             "epochs": p.cfg.train.epochs, "rungs": list(p.rungs), "val_images": p.val_images,
             "eps": p.cfg.train.eps, "score": "robust accuracy, APGD-CE + APGD-T (autoattack 'apgd'), "
                                              "class-balanced validation images",
-            "sampler": f"TPESampler(seed={p.seed} * {SAMPLER_SEED_STRIDE} + trial number)",
+            "sampler": f"TPESampler(seed={p.seed} * {SAMPLER_SEED_STRIDE} + trial number, "
+                       f"n_startup_trials={TPE_STARTUP})",
             "pruner": f"SuccessiveHalvingPruner(min_resource={p.min_epochs}, "
                       f"reduction_factor={p.reduction_factor}, min_early_stopping_rate=0)",
             "space": inspect.cleandoc(SPACES[p.method].__doc__ or ""), "optuna": optuna.__version__,
@@ -493,7 +498,7 @@ def search(profile: str, dataset: str, method: str, *, budget_epochs: int, seed:
     with file_lock(where / f".{storage.stem}.lock"):  # one search per storage at a time
         study = optuna.create_study(
             study_name=_study_name(p), storage=f"sqlite:///{storage.resolve()}", direction="maximize",
-            load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=p.seed),
+            load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=p.seed, n_startup_trials=TPE_STARTUP),
             pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_epochs,
                                                           reduction_factor=p.reduction_factor,
                                                           min_early_stopping_rate=0))

@@ -35,6 +35,7 @@ def test_arm_names() -> None:
     assert arms.PAIRS[0] == ("aalp-tuned", "alp-tuned")  # the primary comparison: tuned against tuned
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("name", ["trades-tuned", "ALP", "", None])
 def test_unknown_arm_is_one_line(name: object, record_fault) -> None:
     record_fault("unknown arm name")
@@ -73,6 +74,7 @@ def test_grid_trains_tuned_arms_on_comparison_seeds(tmp_path: Path) -> None:
     assert units[0].config("cpu") == arms.config("cpu", "mnist", "aalp-tuned", 0, tmp_path)
 
 
+@pytest.mark.faults
 def test_a_tuned_arm_without_its_search_names_the_declared_command(tmp_path: Path, record_fault) -> None:
     record_fault("tuned arm before its search")
     with pytest.raises(ConfigError, match=r"no search record .*--budget-epochs 60 --set seed=100$"):

@@ -21,7 +21,7 @@ from ..experiments import Study
 from ..figures import LABELS, palette
 from ..parameters import check_parameters
 from ..publish import Fact, Phrase
-from ..search import best_so_far, load_record
+from ..search import TPE_STARTUP, best_so_far, load_record
 
 
 @dataclass
@@ -76,7 +76,8 @@ class Tuning:
                     rho = spearmanr(*zip(*pairs))[0] if len(pairs) >= 3 else float("nan")
                     rows.append({"dataset": d, "method": LABELS[m], "rung (epochs)": rung,
                                  "complete trials": len(pairs), "Spearman ρ with the final score": rho})
-        return pd.DataFrame(rows).set_index(["dataset", "method", "rung (epochs)"])
+        columns = ["dataset", "method", "rung (epochs)", "complete trials", "Spearman ρ with the final score"]
+        return pd.DataFrame(rows, columns=columns).set_index(columns[:3])  # no rows when a run is one rung
 
     def details(self) -> dict[str, Any]:
         """JSON-ready records for ``results/<profile>/07_tuning.json``."""
@@ -116,7 +117,7 @@ def compute(study: Study, datasets: list[str] | None = None) -> Tuning:
         defaults[d] = {m: to_dict(study.config(d, m).train.method) for m in SEARCH_METHODS}
     settings = study.settings
     facts: dict[str, Fact] = {"tune_budget": settings.search_budget_epochs,
-                              "tune_run_seed": settings.search_run_seed,
+                              "tune_run_seed": settings.search_run_seed, "tune_tpe_startup": TPE_STARTUP,
                               "tune_val_images": records[datasets[0]][SEARCH_METHODS[0]]["val_images"],
                               "tune_epochs_per_run": records[datasets[0]][SEARCH_METHODS[0]]["epochs"]}
     for d in datasets:

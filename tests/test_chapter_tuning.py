@@ -1,0 +1,39 @@
+"""Chapter 7's tables from a search record: the early-rung diagnostic, the selected configuration against
+the defaults, and every trial (no training: the records are written by hand)."""
+
+from __future__ import annotations
+
+import math
+
+from aalp.chapters.tuning import Tuning
+
+
+def _trial(number: int, state: str, scores: dict[str, float], lam: float) -> dict:
+    return {"number": number, "state": state, "scores": scores, "value": scores.get("4") if state == "complete" else None,
+            "params": {"lam": lam}, "overrides": [f"method.lam={lam}"], "epochs": max(map(int, scores)),
+            "epochs_spent": 4 * (number + 1), "seconds": 60.0}
+
+
+def _tuning() -> Tuning:
+    trials = [_trial(0, "complete", {"2": 0.50, "4": 0.60}, 0.5), _trial(1, "complete", {"2": 0.40, "4": 0.55}, 1.0),
+              _trial(2, "complete", {"2": 0.45, "4": 0.58}, 2.0), _trial(3, "pruned", {"2": 0.30}, 3.0)]
+    record = {"trials": trials, "rungs": [2, 4], "best": {"number": 0, "value": 0.60,
+                                                         "overrides": ["seed=100", "method.lam=0.5123"]}}
+    return Tuning(["mnist"], {"mnist": {"alp": record}}, {"mnist": {"alp": {"lam": 0.5}}}, {})
+
+
+def test_early_rung_that_ranks_the_complete_trials_perfectly_has_rho_one() -> None:
+    table = _tuning().rungs()
+    row = table.loc[("mnist", "ALP", 2)]
+    assert row["complete trials"] == 3 and math.isclose(row["Spearman ρ with the final score"], 1.0)
+    assert list(table.index.get_level_values("rung (epochs)")) == [2]  # the last rung is the final score
+
+
+def test_selected_configuration_beside_its_default_and_every_trial_listed() -> None:
+    t = _tuning()
+    selected = t.selected()
+    assert list(selected.index) == [("mnist", "ALP", "lam")]  # the search's training seed is not a parameter
+    assert selected.iloc[0]["default"] == "0.5" and selected.iloc[0]["selected"] == "0.512"
+    trials = t.trials()
+    assert len(trials) == 4 and list(trials["state"]) == ["complete"] * 3 + ["pruned"]
+    assert list(trials["validation score"]) == [0.60, 0.55, 0.58, 0.30]
