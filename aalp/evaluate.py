@@ -186,6 +186,11 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig,
     return results
 
 
+def autoattack_entry(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The AutoAttack entry of :func:`robustness`'s ``results["attacks"]`` (whichever version ran), or ``None``."""
+    return next((e for name, e in results["attacks"].items() if name.startswith("autoattack-")), None)
+
+
 def evaluation_set(dataset: str, cfg: EvalConfig, data_root: str | Path = "data") -> ArrayDataset:
     """The test images an evaluation with ``cfg`` attacks, in order: the first ``cfg.n`` (all if
     ``None``) of the test split in its stratified order (:func:`aalp.data.stratified_order`, seed 0).

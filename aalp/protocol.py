@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .audit import audit as run_audit
+from .audit import audit as run_audit, merge_bits
 from .config import ConfigError, experiments, profile as profile_config
 from .data import DATASETS, DataError
-from .evaluate import evaluation_set, robustness
+from .evaluate import autoattack_entry, evaluation_set, robustness
 from .models import MODELS, Classifier, build_model
 from .runs import ROOT
 
@@ -135,13 +135,12 @@ def evaluate_model(model: nn.Module, dataset: str, *, profile: str = "cpu", audi
                                autoattack_warnings=evaluation["autoattack_warnings"], steps=settings.audit_steps,
                                square_queries=settings.audit_square_queries)
             result["audit"] = report
-            both = [a == b == "1" for a, b in zip(worst["robust"][:audited], report["worst_case"]["robust"])]
-            final = sum(both) / audited
+            final = merge_bits(worst["robust"][:audited], report["worst_case"]["robust"]).count("1") / audited
     finally:
         model.train(was_training)
     signals = list(result["audit"]["masking_signals"]) if result["audit"] else []
     signals += [f"AutoAttack: {w}" for w in evaluation["autoattack_warnings"] if not result["audit"]]
-    aa = next((e for k, e in evaluation["attacks"].items() if k.startswith("autoattack")), None)
+    aa = autoattack_entry(evaluation)
     result.update({
         "final_worst_case": final, "masking_signals": signals,
         "protocol": {"profile": profile, "dataset": dataset, "eps": cfg.eps, "images": evaluation["n"],

@@ -18,6 +18,7 @@ from typing import Any
 from . import arms
 from .config import ConfigError, experiments, to_dict
 from .data import DATASETS
+from .evaluate import autoattack_entry
 from .models import Classifier
 from .runs import CHECKPOINT, ROOT, eval_path, is_trained, load_run, read_history, results_dir, run_dir
 from .search import record_path
@@ -42,7 +43,7 @@ def _runs(profile: str, root: Path) -> list[tuple[str, str, int, Any]]:
 def _card(profile: str, dataset: str, arm: str, seed: int, cfg: Any, directory: Path) -> dict[str, Any]:
     evaluation = json.loads(eval_path(directory, cfg.eval).read_text())
     attacks = evaluation["attacks"]
-    aa = next((e for name, e in attacks.items() if name.startswith("autoattack")), None)
+    aa = autoattack_entry(evaluation)
     audits = []
     for path in sorted(directory.glob("audit-*.json")):
         stored = json.loads(path.read_text())
