@@ -175,6 +175,17 @@ def merge_bits(*bits: str) -> str:
     return "".join("1" if all(c == "1" for c in column) else "0" for column in zip(*bits))
 
 
+def final_worst_case(worst_case: str, result: dict[str, Any]) -> float:
+    """Accuracy on the images an :func:`audit` ``result`` attacked (the first ``n`` evaluated) counting an
+    image robust only if neither the evaluation's attacks (its ``worst_case`` bits) nor any of the audit's
+    broke it (:func:`merge_bits`)."""
+    audited = result["worst_case"]["robust"]
+    if len(worst_case) < len(audited):
+        raise ValueError(f"the audit attacked {len(audited)} images, the evaluation's worst case has "
+                         f"{len(worst_case)}: audit the model's AutoAttack images")
+    return merge_bits(worst_case[: len(audited)], audited).count("1") / len(audited)
+
+
 def _merged(attacks: dict[str, dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
     bits = merge_bits(*(attacks[name]["robust"] for name in names))
     return {"accuracy": bits.count("1") / len(bits), "robust": bits, "attacks": list(names)}

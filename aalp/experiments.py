@@ -23,7 +23,7 @@ from .audit import cached_audit
 from .checkpoint import atomic_write, write_json
 from .config import CACHE_VERSION, Experiments, RunConfig, experiments, profile as profile_config
 from .data import ArrayDataset, load_dataset, subset
-from .evaluate import evaluate_run, evaluation_set
+from .evaluate import autoattack_entry, evaluate_run, evaluation_set
 from .models import Classifier
 from .publish import Fact, as_json, publish
 from .runs import is_trained, load_run, read_history, results_dir, run_dir
@@ -55,7 +55,10 @@ class Run:
         if attack == "worst_case":
             return self.results["worst_case"]
         if attack == "autoattack":
-            (attack,) = [name for name in self.results["attacks"] if name.startswith("autoattack-")]
+            entry = autoattack_entry(self.results)
+            if entry is None:
+                raise ValueError(f"run {self.label} was evaluated without AutoAttack")
+            return entry
         return self.results["attacks"][attack]
 
     def accuracy(self, attack: str) -> float:

@@ -45,18 +45,24 @@ CLUSTERS = ("local", "slurm")
 
 @dataclass(frozen=True)
 class Unit:
-    """One configuration of a profile: ``profile(dataset, method, overrides + [seed=seed])``."""
+    """One model of a profile: ``profile(dataset, method_of(arm), overrides + [seed=seed])``; a tuned arm's
+    ``overrides`` are its search's selection (:func:`aalp.arms.overrides`)."""
 
     dataset: str
-    method: str
+    arm: str
     seed: int
     overrides: tuple[str, ...] = ()
+
+    @property
+    def method(self) -> str:
+        """The registry method the arm trains."""
+        return method_of(self.arm)
 
     def config(self, profile: str) -> RunConfig:
         return profile_config(profile, self.dataset, self.method, [*self.overrides, f"seed={self.seed}"])
 
     def __str__(self) -> str:
-        return " ".join([self.method, self.dataset, f"seed {self.seed}", *self.overrides])
+        return " ".join([self.arm, self.dataset, f"seed {self.seed}", *self.overrides])
 
 
 def main_grid(profile: str, *, seeds: Sequence[int] | None = None, datasets: Sequence[str] | None = None,
@@ -71,7 +77,7 @@ def main_grid(profile: str, *, seeds: Sequence[int] | None = None, datasets: Seq
     datasets = list(defaults.datasets if datasets is None else datasets)
     methods = list(ARMS if methods is None else methods)
     check_parameters(seeds=None if seeds is None else list(seeds), datasets=datasets, methods=methods)
-    return [Unit(d, method_of(m), s, tuple(overrides(profile, d, m, root)))
+    return [Unit(d, m, s, tuple(overrides(profile, d, m, root)))
             for d in datasets for m in methods for s in (seeds if seeds is not None else arm_seeds(profile, m))]
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .audit import audit as run_audit, merge_bits
+from .audit import audit as run_audit, final_worst_case
 from .config import ConfigError, experiments, profile as profile_config
 from .data import DATASETS, DataError
 from .evaluate import autoattack_entry, evaluation_set, robustness
@@ -135,7 +135,7 @@ def evaluate_model(model: nn.Module, dataset: str, *, profile: str = "cpu", audi
                                autoattack_warnings=evaluation["autoattack_warnings"], steps=settings.audit_steps,
                                square_queries=settings.audit_square_queries)
             result["audit"] = report
-            final = merge_bits(worst["robust"][:audited], report["worst_case"]["robust"]).count("1") / audited
+            final = final_worst_case(worst["robust"], report)
     finally:
         model.train(was_training)
     signals = list(result["audit"]["masking_signals"]) if result["audit"] else []

@@ -19,6 +19,7 @@ from . import arms
 from .config import ConfigError, experiments, to_dict
 from .data import DATASETS
 from .evaluate import autoattack_entry
+from .grid import Unit, is_done, main_grid
 from .models import Classifier
 from .runs import CHECKPOINT, ROOT, eval_path, is_trained, load_run, read_history, results_dir, run_dir
 from .search import record_path
@@ -27,20 +28,16 @@ CHECK_IMAGES = 100
 """Evaluated test images whose clean correctness a card records, to verify a loaded model."""
 
 
-def _runs(profile: str, root: Path) -> list[tuple[str, str, int, Any]]:
-    """(dataset, arm, seed, config) of every main-table model of ``profile`` (tuned arms only where their
-    search is committed)."""
-    out = []
-    for d in experiments(profile).datasets:
-        for arm in arms.ARMS:
-            if arms.is_tuned(arm) and not record_path(profile, d, arms.method_of(arm), root).exists():
-                continue
-            for s in arms.seeds(profile, arm):
-                out.append((d, arm, s, arms.config(profile, d, arm, s, root)))
-    return out
+def _units(profile: str, root: Path) -> list[Unit]:
+    """Every main-table model of ``profile`` (:func:`aalp.grid.main_grid`), tuned arms only on the datasets
+    whose search is committed."""
+    return [u for d in experiments(profile).datasets
+            for u in main_grid(profile, datasets=[d], root=root, methods=[
+                a for a in arms.ARMS if not arms.is_tuned(a) or record_path(profile, d, arms.method_of(a), root).exists()])]
 
 
-def _card(profile: str, dataset: str, arm: str, seed: int, cfg: Any, directory: Path) -> dict[str, Any]:
+def _card(profile: str, unit: Unit, directory: Path) -> dict[str, Any]:
+    cfg = unit.config(profile)
     evaluation = json.loads(eval_path(directory, cfg.eval).read_text())
     attacks = evaluation["attacks"]
     aa = autoattack_entry(evaluation)
@@ -50,8 +47,8 @@ def _card(profile: str, dataset: str, arm: str, seed: int, cfg: Any, directory: 
         audits.append({"audit": "full" if stored["key"]["full"] else "cheap", "passed": stored["result"]["passed"],
                        "masking_signals": stored["result"]["masking_signals"], "images": len(stored["result"]["worst_case"]["robust"])})
     history = read_history(directory)
-    return {"name": f"{dataset}/{arm}/seed-{seed}", "dataset": dataset, "method": arm, "seed": seed,
-            "profile": profile, "run": directory.name, "model": cfg.train.model, "eps": cfg.eval.eps,
+    return {"name": f"{unit.dataset}/{unit.arm}/seed-{unit.seed}", "dataset": unit.dataset, "method": unit.arm,
+            "seed": unit.seed, "profile": profile, "run": directory.name, "model": cfg.train.model, "eps": cfg.eval.eps,
             "method_parameters": to_dict(cfg.train.method), "epochs": len(history),
             "train_hours": sum(h["train_seconds"] for h in history) / 3600,
             "clean": attacks["clean"]["accuracy"], "autoattack": aa["accuracy"] if aa else None,
@@ -66,10 +63,10 @@ def cards(profile: str = "cpu", root: str | Path = ROOT) -> list[dict[str, Any]]
     root = Path(root)
     runs_dir = results_dir(profile, root) / "runs"
     out = []
-    for d, arm, s, cfg in _runs(profile, root):
-        directory = run_dir(cfg.train, runs_dir)
-        if is_trained(cfg.train, runs_dir) and eval_path(directory, cfg.eval).exists():
-            out.append(_card(profile, d, arm, s, cfg, directory))
+    for unit in _units(profile, root):
+        directory = run_dir(unit.config(profile).train, runs_dir)
+        if is_done(profile, unit, runs_dir):
+            out.append(_card(profile, unit, directory))
     return out
 
 

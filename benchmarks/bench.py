@@ -317,7 +317,7 @@ def grid_throughput(profile: str, data_root: Path) -> dict[str, object]:
     process using both cores, which makes them other units: CPU numerics depend on the thread count). Fresh
     run caches; the sides alternate A B C C B A."""
     units, repeats = grid_units(profile), GRID[profile]["repeats"]
-    two_threads = [Unit(u.dataset, u.method, u.seed, (*u.overrides, "threads=2")) for u in units]
+    two_threads = [Unit(u.dataset, u.arm, u.seed, (*u.overrides, "threads=2")) for u in units]
     sides = {"jobs1": (units, 1), "jobs2": (units, 2), "jobs1_threads2": (two_threads, 1)}
     rates: dict[str, list[float]] = {side: [] for side in sides}
     summaries: dict[str, list[dict[str, object]]] = {}

@@ -69,7 +69,7 @@ def test_every_profile_keeps_search_runs_out_of_the_reported_seeds() -> None:
 def test_grid_trains_tuned_arms_on_comparison_seeds(tmp_path: Path) -> None:
     _record(tmp_path, "cpu", "mnist", "aalp", budget=60)
     units = main_grid("cpu", datasets=["mnist"], methods=["aalp-tuned", "trades"], root=tmp_path)
-    tuned = [Unit("mnist", "aalp", s, tuple(SELECTED[1:])) for s in experiments("cpu").comparison_seeds]
+    tuned = [Unit("mnist", "aalp-tuned", s, tuple(SELECTED[1:])) for s in experiments("cpu").comparison_seeds]
     assert units == tuned + [Unit("mnist", "trades", s) for s in experiments("cpu").seeds]
     assert units[0].config("cpu") == arms.config("cpu", "mnist", "aalp-tuned", 0, tmp_path)
 

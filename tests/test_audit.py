@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from aalp.attacks import AttackBudget
-from aalp.audit import (AUDIT_VERSION, adv_easier_fraction, audit, best_white_box, cached_audit, merge_bits,
-                        pgd_accuracy)
+from aalp.audit import (AUDIT_VERSION, adv_easier_fraction, audit, best_white_box, cached_audit, final_worst_case,
+                        merge_bits, pgd_accuracy)
 from aalp.checkpoint import CheckpointError
 from aalp.config import EvalConfig
 from aalp.evaluate import below_clean_loss, robustness
@@ -216,6 +216,15 @@ def test_worst_case_is_the_per_image_and_of_every_attack() -> None:
     assert merge_bits("110", "011") == "010"
     with pytest.raises(ValueError):
         merge_bits("1", "10")
+
+
+def test_final_worst_case_counts_an_image_only_if_nothing_broke_it() -> None:
+    """The audit attacks the first n evaluated images: the evaluation's bits beyond them do not count."""
+    result = {"worst_case": {"robust": "1101"}}
+    assert final_worst_case("011100", result) == 0.5  # images 1 and 3 survive both; 4 and 5 not audited
+    assert final_worst_case("1111", result) == 0.75
+    with pytest.raises(ValueError, match="audit the model's AutoAttack images"):
+        final_worst_case("110", result)
 
 
 def test_autoattack_warning_runs_square_with_more_restarts() -> None:

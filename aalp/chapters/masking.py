@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..audit import final_worst_case
 from ..experiments import Run, Study
 from ..figures import LABELS, order, palette
 from ..parameters import check_parameters
@@ -70,7 +71,7 @@ def _family(name: str, entry: dict[str, Any] | None = None) -> str:
 def strength_curve(run: Run, audit: dict[str, Any]) -> list[dict[str, Any]]:
     """Accuracy on the audited images as attacks are added one by one, the evaluation's first (clean,
     FGSM, PGD, …, AutoAttack) and then the audit's: where a model's number settles. The last point is
-    :func:`final_worst_case`."""
+    :func:`aalp.audit.final_worst_case`."""
     n = len(audit["worst_case"]["robust"])
     alive = np.ones(n, dtype=bool)
     points = []
@@ -81,17 +82,6 @@ def strength_curve(run: Run, audit: dict[str, Any]) -> list[dict[str, Any]]:
         alive &= _bits(entry["robust"]).astype(bool)
         points.append({"attacks": _family(name, entry), "accuracy": float(alive.mean())})
     return [{"step": i, **p} for i, p in enumerate(points)]
-
-
-def final_worst_case(run: Run, audit: dict[str, Any]) -> float:
-    """Accuracy on the audited images counting an image robust only if neither the evaluation's attacks
-    (its worst case) nor any of the audit's broke it."""
-    audited = _bits(audit["worst_case"]["robust"])
-    evaluated = run.bits("worst_case")[: len(audited)]
-    if len(evaluated) != len(audited):
-        raise ValueError(f"the audit attacked {len(audited)} images, the evaluation's worst case has "
-                         f"{len(evaluated)}: audit the model's AutoAttack images")
-    return float((audited & evaluated).mean())
 
 
 def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | None = None,
@@ -128,7 +118,7 @@ def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | 
                 strength += [{"dataset": d, "method": m, "seed": s, **p} for p in strength_curve(run, result)]
                 rows.append({"dataset": d, "method": m, "seed": s, "audit": "full" if s in full_seeds else "cheap",
                              "images": n, "worst case (evaluation)": float(run.bits("worst_case")[:n].mean()),
-                             "final worst case": final_worst_case(run, result),
+                             "final worst case": final_worst_case(run.entry("worst_case")["robust"], result),
                              "PGD below clean loss": result["adv_easier"]["fraction"],
                              "masking signals": "; ".join(s.split(":")[0] for s in result["masking_signals"]) or "none",
                              "passed": result["passed"]})
