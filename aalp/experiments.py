@@ -81,6 +81,8 @@ class Study:
 
     profile: str
     root: Path
+    _tuned: dict[tuple[str, str], list[str]] = field(default_factory=dict, init=False, repr=False)
+    _train_images: dict[tuple[Any, int], ArrayDataset] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         experiments(self.profile)  # refuses an unknown profile
@@ -106,12 +108,15 @@ class Study:
     def tuned(self, dataset: str, method: str) -> list[str]:
         """The configuration the declared search of ``method`` (alp | aalp) on ``dataset`` selected
         (:func:`aalp.arms.overrides`); the search (``search_budget_epochs``, trials at ``search_run_seed``)
-        is run, or continued, first if its record is missing or has not spent its budget."""
-        budget = self.settings.search_budget_epochs
-        if not finished(record_path(self.profile, dataset, method, self.root), budget):
-            search(self.profile, dataset, method, budget_epochs=budget, overrides=arms.search_overrides(self.profile),
-                   runs_dir=self.results_dir / "runs", data_dir=self.data_dir, search_dir=self.results_dir / "search")
-        return arms.overrides(self.profile, dataset, f"{method}{arms.TUNED}", self.root)
+        is run, or continued, first if its record is missing or has not spent its budget (read once per study)."""
+        if (dataset, method) not in self._tuned:
+            budget = self.settings.search_budget_epochs
+            if not finished(record_path(self.profile, dataset, method, self.root), budget):
+                search(self.profile, dataset, method, budget_epochs=budget,
+                       overrides=arms.search_overrides(self.profile), runs_dir=self.results_dir / "runs",
+                       data_dir=self.data_dir, search_dir=self.results_dir / "search")
+            self._tuned[dataset, method] = arms.overrides(self.profile, dataset, f"{method}{arms.TUNED}", self.root)
+        return list(self._tuned[dataset, method])
 
     def run(self, dataset: str, method: str, seed: int = 0, overrides: Sequence[str] = (), *,
             label: str | None = None, evaluate: bool = True) -> Run:
@@ -152,9 +157,12 @@ class Study:
         return images.select(torch.arange(min(n or len(images), len(images)))).tensors()
 
     def train_images(self, run: Run, n: int | None = None) -> ArrayDataset:
-        """A class-balanced subset (seed 0) of the images ``run`` trained on (never its validation set)."""
-        return subset(load_data(run.config.train, self.data_dir)[0], n or self.settings.analysis_n,
-                      "balanced", seed=0)
+        """A class-balanced subset (seed 0) of the images ``run`` trained on (never its validation set); the
+        same for every run of one data configuration (loaded once per study)."""
+        key = (run.config.train.data, n or self.settings.analysis_n)
+        if key not in self._train_images:
+            self._train_images[key] = subset(load_data(run.config.train, self.data_dir)[0], key[1], "balanced", seed=0)
+        return self._train_images[key]
 
     def save(self, notebook: str, results: dict[str, Any]) -> Path:
         """Write ``results`` (JSON-ready) to ``results/<profile>/<notebook>.json``."""
