@@ -121,12 +121,14 @@ def _silent(message: str) -> None:
     """The log of a unit inside a grid: the grid's own display reports units."""
 
 
-def _cores() -> int:
+def cores() -> int:
+    """The CPU cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _executor(jobs: int, cluster: str | None, folder: Path, slurm: dict[str, Any]) -> Any:
-    """An object with ``submit(fn, *args)`` whose results have ``done()`` and ``result()``."""
+def executor(jobs: int, cluster: str | None, folder: Path, slurm: dict[str, Any]) -> Any:
+    """An object with ``submit(fn, *args)`` whose results have ``done()`` and ``result()``: ``jobs`` spawned
+    worker processes here, or submitit's executor for ``cluster`` (``"local"`` or ``"slurm"``)."""
     if cluster is None:
         return ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
     import submitit
@@ -153,23 +155,26 @@ def run_grid(profile: str, units: Sequence[Unit], *, runs_dir: str | Path, data_
     """
     check(profile, jobs, cluster)
     runs_dir, data_dir = Path(runs_dir), Path(data_dir)
-    unique = list(dict.fromkeys(units))
-    for unit in unique:
-        unit.config(profile)  # every configuration is valid before anything runs
+    # every configuration is valid before anything runs; units that are one model (a tuned arm and the
+    # ablation's variant of the same configuration) are trained once
+    first: dict[RunConfig, Unit] = {}
+    for unit in units:
+        first.setdefault(unit.config(profile), unit)
+    unique = list(first.values())
     if threads is None and cluster is None:
-        threads = max(1, _cores() // jobs)
+        threads = max(1, cores() // jobs)
     write = log or (lambda message: print(message, file=sys.stderr, flush=True))
     todo = [u for u in unique if not is_done(profile, u, runs_dir)]
     write(f"grid {profile}: {len(unique)} units, {len(unique) - len(todo)} done, {len(todo)} to run "
           + (f"in {jobs} lane(s) × {threads} thread(s)" if cluster is None else f"as {cluster} jobs"))
     if todo:
         folder = Path(cluster_folder) if cluster_folder else runs_dir.parent / "submitit"
-        executor = _executor(jobs, cluster, folder, dict(slurm or {}))
+        pool = executor(jobs, cluster, folder, dict(slurm or {}))
         try:
-            _wait(executor, todo, len(unique), profile, runs_dir, data_dir, threads, progress, write)
+            _wait(pool, todo, len(unique), profile, runs_dir, data_dir, threads, progress, write)
         finally:
             if cluster is None:
-                executor.shutdown(cancel_futures=True)
+                pool.shutdown(cancel_futures=True)
     return [summary(profile, u, runs_dir, data_dir) for u in units]  # all evaluated now: reads only
 
 

@@ -16,6 +16,7 @@ without its stamp (failed, or killed mid-execution) is refused.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -29,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from . import faults, grid
+from .chapters import ablation
 from .checkpoint import file_lock
 from .arms import SEARCH_METHODS
-from .config import ConfigError, check_profile, experiments
+from .config import ConfigError, check_profile
 from .experiments import Study
 from .parameters import check_parameters
+from .search import finished, record_path
 from .runs import ROOT, results_dir
 
 NOTEBOOKS = (
@@ -46,6 +49,11 @@ NOTEBOOKS = (
     "07_tuning",
     "08_model_zoo",
 )
+
+
+TRAINS: dict[str, Callable[[Study, dict[str, Any]], list[grid.Unit]]] = {"04_ablation": ablation.notebook_units}
+"""Notebooks that train models beyond the main table, and those models (from the notebook's parameters):
+``reproduce --jobs N`` trains them in the grid's lanes too."""
 
 
 class NotebookFailed(RuntimeError):
@@ -72,6 +80,15 @@ def parameters(profile: str, notebook: Path, seeds: list[int] | None = None) -> 
     return params
 
 
+def notebook_parameters(profile: str, notebook: Path, seeds: list[int] | None = None) -> dict[str, Any]:
+    """Every parameter ``notebook`` runs with: its declared defaults (papermill's inspection of its
+    ``parameters`` cell), with :func:`parameters` injected over them."""
+    import papermill
+
+    declared = {name: ast.literal_eval(p["default"]) for name, p in papermill.inspect_notebook(str(notebook)).items()}
+    return {**declared, **parameters(profile, notebook, seeds)}
+
+
 def _source_hash(root: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted((root / "aalp").rglob("*.py")):
@@ -95,8 +112,8 @@ def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None,
     """Execute the notebooks of ``profile`` in order (skipping unchanged ones); return the executed paths.
     ``seeds`` replaces the profile's seeds in every notebook that takes a ``seeds`` parameter. With
     ``jobs > 1`` or a ``cluster``, the declared searches are first run (or continued) one after another,
-    then the main table's units trained and evaluated in parallel (:func:`aalp.grid.run_grid`), so that
-    the notebooks find them cached.
+    then the main table's units and the models of the :data:`TRAINS` notebooks among ``only`` trained and
+    evaluated in parallel (:func:`aalp.grid.run_grid`), so that the notebooks find them cached.
 
     Raises:
         NotebookFailed: a notebook raised; its executed copy (with the traceback) is kept.
@@ -110,11 +127,12 @@ def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None,
     grid.check(profile, jobs, cluster)
     if jobs > 1 or cluster is not None:
         study = Study(profile, root)
-        for dataset in experiments(profile).datasets:
-            for method in SEARCH_METHODS:
-                study.tuned(dataset, method)
-        grid.run_grid(profile, grid.main_grid(profile, seeds=seeds, root=root), runs_dir=results_dir(profile, root) / "runs",
-                      data_dir=root / "data", jobs=jobs, cluster=cluster, slurm=slurm, log=log)
+        _searches(study, jobs, cluster, slurm, log)
+        units = grid.main_grid(profile, seeds=seeds, root=root)
+        for name in (n for n in names if n in TRAINS):
+            units += TRAINS[name](study, notebook_parameters(profile, root / "notebooks" / f"{name}.ipynb", seeds))
+        grid.run_grid(profile, units, runs_dir=results_dir(profile, root) / "runs", data_dir=root / "data",
+                      jobs=jobs, cluster=cluster, slurm=slurm, log=log)
     out_dir = results_dir(profile, root) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = []
@@ -123,6 +141,35 @@ def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None,
         with file_lock(out_dir / f".{name}.lock"):  # two reproduce processes execute a notebook once
             executed.append(_execute(name, root, out_dir, params, force, log))
     return executed
+
+
+def _tune(profile: str, root: Path, dataset: str, method: str, threads: int) -> None:
+    """One declared search, run or continued in a worker process (:meth:`aalp.experiments.Study.tuned`)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    Study(profile, root).tuned(dataset, method)
+
+
+def _searches(study: Study, jobs: int, cluster: str | None, slurm: dict[str, Any] | None,
+              log: Callable[[str], None]) -> None:
+    """Run or continue every declared search of the profile that has not spent its budget, ``jobs`` at a
+    time (or as cluster jobs): each search is one sequence of trials, so the searches are the lanes."""
+    budget = study.settings.search_budget_epochs
+    todo = [(d, m) for d in study.settings.datasets for m in SEARCH_METHODS
+            if not finished(record_path(study.profile, d, m, study.root), budget)]
+    if not todo:
+        return
+    log(f"searches {study.profile}: {', '.join(f'{m} on {d}' for d, m in todo)} "
+        + (f"in {min(jobs, len(todo))} lane(s)" if cluster is None else f"as {cluster} jobs"))
+    pool = grid.executor(jobs, cluster, study.results_dir / "submitit", dict(slurm or {}))
+    try:
+        submitted = [pool.submit(_tune, study.profile, study.root, d, m, max(1, grid.cores() // jobs)) for d, m in todo]
+        for job in submitted:
+            job.result()  # a search that raised stops here with its error
+    finally:
+        if cluster is None:
+            pool.shutdown(cancel_futures=True)
 
 
 def _execute(name: str, root: Path, out_dir: Path, params: dict[str, Any], force: bool,

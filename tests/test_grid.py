@@ -133,3 +133,21 @@ def test_a_bad_unit_is_refused_before_anything_runs(tmp_path: Path) -> None:
         run_grid("smoke", [UNITS[0], Unit("mnist", "alp", 0, ("epochs=0",))], runs_dir=tmp_path, jobs=2,
                  progress=False, log=lambda s: None)
     assert not any(tmp_path.iterdir())
+
+
+def test_units_that_are_one_model_are_trained_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tuned arm and an ablation variant of one configuration are one unit to train."""
+    import aalp.grid as grid_module
+
+    submitted = []
+
+    def fake_wait(executor, todo, total, *args) -> None:
+        submitted.extend(todo)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(grid_module, "_wait", fake_wait)
+    same = Unit("mnist", "aalp-tuned", 1, (*TINY, "method.guided_dropout=true"))  # AALP's default, spelled out
+    assert same.config("smoke") == UNITS[2].config("smoke") and same != UNITS[2]
+    with pytest.raises(KeyboardInterrupt):
+        run_grid("smoke", [*UNITS, same], runs_dir=tmp_path, jobs=2, progress=False, log=lambda s: None)
+    assert submitted == UNITS

@@ -193,3 +193,88 @@ def test_the_book_refuses_an_unfinished_notebook(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=f"no finished execution of {NOTEBOOKS[2]}"):
         build_book("smoke", root=tmp_path, log=lambda s: None)
     assert not (tmp_path / "book").exists()
+
+
+class _Stop(Exception):
+    """Raised where the test has seen what it needs: nothing is trained."""
+
+
+def test_jobs_train_the_ablation_models_in_the_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``reproduce --jobs N`` hands the grid every model chapter 4's notebook trains (both its calls, at
+    the notebook's own parameters), besides the main table, so the notebook finds them cached."""
+    from aalp import arms, grid
+    from aalp.chapters import ablation
+    from aalp.experiments import Study
+    from aalp.reproduce import notebook_parameters
+
+    selected = ["method.lam=2.0", "method.weighting=correct"]
+    monkeypatch.setattr(Study, "tuned", lambda self, dataset, method: list(selected))
+    monkeypatch.setattr(grid, "overrides", lambda profile, d, arm, root=None:
+                        (selected if arm == "aalp-tuned" else selected[:1]) if arms.is_tuned(arm) else [])
+    handed: list = []
+
+    def fake_run_grid(profile: str, units: list, **kwargs) -> None:
+        handed.extend(units)
+        raise _Stop
+
+    monkeypatch.setattr(grid, "run_grid", fake_run_grid)
+    with pytest.raises(_Stop):
+        reproduce("smoke", root=REPO, only=["04_ablation"], jobs=2)
+
+    trained = []
+
+    class Recording(Study):
+        def run(self, dataset, method, seed=0, overrides=(), **kwargs):  # type: ignore[override]
+            trained.append(self.config(dataset, method, seed, overrides))
+
+        def test_images(self, dataset, n=None):  # type: ignore[override]
+            raise _Stop  # every run is asked for before the first analysis
+
+    notebook = REPO / "notebooks" / "04_ablation.ipynb"
+    source = "".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
+    assert "chapter.compute(study, dataset=dataset, ablation_seeds=ablation_seeds, lams=lams)" in source
+    assert "chapter.compute(study, dataset=tuned_dataset, ablation_seeds=tuned_ablation_seeds, tuned=True)" in source
+    p = notebook_parameters("smoke", notebook)
+    for kwargs in ({"dataset": p["dataset"], "ablation_seeds": p["ablation_seeds"], "lams": p["lams"]},
+                   {"dataset": p["tuned_dataset"], "ablation_seeds": p["tuned_ablation_seeds"], "tuned": True}):
+        with pytest.raises(_Stop):
+            ablation.compute(Recording("smoke", REPO), **kwargs)
+    configs = {u.config("smoke") for u in handed}
+    assert trained and set(trained) <= configs
+    assert {u.config("smoke") for u in grid.main_grid("smoke", root=REPO)} <= configs
+    assert any(selected[0] in u.overrides for u in handed if u.dataset == p["tuned_dataset"] and u.arm == "aalp")
+
+
+def test_jobs_run_the_unfinished_searches_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``--jobs N`` every declared search short of its budget is one job of an N-lane pool (the
+    searches are the lanes), each with cores / N threads; a finished one is not run again."""
+    from aalp import grid, reproduce as reproduce_module
+    from aalp.config import experiments
+    from aalp.search import SEARCH_METHODS
+
+    settings = experiments("smoke")
+    done = (settings.datasets[0], SEARCH_METHODS[0])
+    monkeypatch.setattr(reproduce_module, "finished", lambda path, budget: path.stem == f"{done[0]}-{done[1]}")
+    pools = []
+
+    class Inline:
+        def __init__(self, jobs: int) -> None:
+            self.jobs, self.calls = jobs, []
+            pools.append(self)
+
+        def submit(self, fn, *args):  # type: ignore[no-untyped-def]
+            self.calls.append((fn.__name__, *args))
+            return type("Done", (), {"result": lambda _: None})()
+
+        def shutdown(self, **kwargs) -> None:
+            pass
+
+    monkeypatch.setattr(grid, "executor", lambda jobs, cluster, folder, slurm: Inline(jobs))
+    monkeypatch.setattr(grid, "run_grid", lambda *a, **k: (_ for _ in ()).throw(_Stop()))
+    monkeypatch.setattr(grid, "main_grid", lambda *a, **k: [])
+    with pytest.raises(_Stop):
+        reproduce("smoke", root=tmp_path, only=[NAME], jobs=2)
+    (pool,) = pools
+    todo = [(d, m) for d in settings.datasets for m in SEARCH_METHODS if (d, m) != done]
+    threads = max(1, grid.cores() // 2)
+    assert pool.jobs == 2 and pool.calls == [("_tune", "smoke", tmp_path.resolve(), d, m, threads) for d, m in todo]

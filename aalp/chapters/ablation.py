@@ -25,6 +25,7 @@ from .. import stats
 from ..contributions import concentration, model_contributions
 from ..experiments import Run, Study
 from ..figures import forest, palette
+from ..grid import Unit
 from ..parameters import check_parameters
 from ..publish import Fact, Phrase
 from .main_results import bits
@@ -182,6 +183,30 @@ def guided_dropout_verdict(concentration_diff: Mapping[str, Any], worst_diff: Ma
 # Compute
 # ----------------------------------------------------------------------------------------------------
 
+def plan(study: Study, dataset: str = "mnist", ablation_seeds: list[int] | None = None,
+         lams: list[float] | None = None, tuned: bool = False) -> tuple[list[int], list[Variant]]:
+    """The seeds and variants :func:`compute` trains (its parameters, checked before any compute)."""
+    lams = [0.25, 1.0] if lams is None else lams
+    check_parameters(dataset=dataset, ablation_seeds=ablation_seeds, lams=lams)
+    seeds = list(ablation_seeds or (study.settings.comparison_seeds[:3] if tuned else study.settings.seeds[:1]))
+    return seeds, tuned_variants(study.tuned(dataset, "aalp")) if tuned else variants(lams)
+
+
+def units(study: Study, dataset: str = "mnist", ablation_seeds: list[int] | None = None,
+          lams: list[float] | None = None, tuned: bool = False) -> list[Unit]:
+    """The models :func:`compute` trains, as grid units (:func:`aalp.grid.run_grid` trains them in
+    parallel lanes; :func:`compute` then finds them cached)."""
+    seeds, chosen = plan(study, dataset, ablation_seeds, lams, tuned)
+    return [Unit(dataset, v.method, s, v.overrides) for v in chosen for s in seeds]
+
+
+def notebook_units(study: Study, parameters: Mapping[str, Any]) -> list[Unit]:
+    """The models chapter 4's notebook trains with ``parameters`` (its papermill parameters): the
+    ablation at the defaults on ``dataset``, then at AALP's tuned configuration on ``tuned_dataset``."""
+    return [*units(study, parameters["dataset"], parameters["ablation_seeds"], parameters["lams"]),
+            *units(study, parameters["tuned_dataset"], parameters["tuned_ablation_seeds"], tuned=True)]
+
+
 def compute(study: Study, dataset: str = "mnist", ablation_seeds: list[int] | None = None,
             lams: list[float] | None = None, tuned: bool = False) -> Ablation:
     """Train (if not cached), evaluate and compare every variant with ALP; see the module docstring.
@@ -190,10 +215,7 @@ def compute(study: Study, dataset: str = "mnist", ablation_seeds: list[int] | No
     :func:`variants` at the defaults (``lams`` unused), on the first three comparison seeds by default;
     facts are then keyed ``ablt_`` instead of ``abl_``.
     """
-    lams = [0.25, 1.0] if lams is None else lams
-    check_parameters(dataset=dataset, ablation_seeds=ablation_seeds, lams=lams)
-    seeds = list(ablation_seeds or (study.settings.comparison_seeds[:3] if tuned else study.settings.seeds[:1]))
-    chosen = tuned_variants(study.tuned(dataset, "aalp")) if tuned else variants(lams)
+    seeds, chosen = plan(study, dataset, ablation_seeds, lams, tuned)
     runs = {v.label: [study.run(dataset, v.method, s, v.overrides, label=v.label) for s in seeds] for v in chosen}
     x, y = study.test_images(dataset)
     primary = {label: np.stack([concentration(model_contributions(r.model, x, y))[PRIMARY].numpy() for r in rs])
