@@ -538,13 +538,23 @@ def load_record(profile: str, dataset: str, method: str, root: str | Path | None
 
 
 def finished(path: str | Path, budget_epochs: int) -> bool:
-    """Whether the search record at ``path`` exists, was given at least ``budget_epochs`` and left no trial
-    paused (so running the search again with that budget would compute nothing)."""
+    """Whether the search record at ``path`` exists, was given at least ``budget_epochs``, and running the
+    search again with that budget would train nothing: no trial paused with its next rung within the
+    budget (one killed mid-run; one the budget stopped is final), and no room for a new trial's first rung."""
     path = Path(path)
     if not path.exists():
         return False
     record = json.loads(path.read_text())
-    return record["budget_epochs"] >= budget_epochs and all(t["state"] != "paused" for t in record["trials"])
+    if record["budget_epochs"] < budget_epochs:
+        return False
+    spent, rungs = record["epochs_spent"], record["rungs"]
+    paused = sorted((t for t in record["trials"] if t["state"] == "paused"), key=lambda t: t["number"])
+    if not paused:
+        return spent + rungs[0] > budget_epochs
+    trial = paused[0]  # the search continues the first paused trial first, and stops if it does not fit
+    last = max(map(int, trial["scores"]), default=0)
+    upcoming = [r for r in rungs if r > last]
+    return bool(upcoming) and spent + max(0, upcoming[0] - trial["epochs"]) > budget_epochs
 
 
 def best_overrides(profile: str, dataset: str, method: str, root: str | Path | None = None) -> list[str]:

@@ -21,8 +21,10 @@ SELECTED = ["seed=100", "method.lam=1.7", "method.weighting=p_wrong"]
 def _record(root: Path, profile_name: str, dataset: str, method: str, *, budget: int, paused: bool = False) -> Path:
     path = root / "results" / profile_name / "search" / f"{dataset}-{method}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    trials = [{"number": 0, "state": "paused" if paused else "complete", "overrides": SELECTED[1:]}]
-    path.write_text(json.dumps({"budget_epochs": budget, "trials": trials,
+    trials = [{"number": 0, "state": "paused" if paused else "complete", "overrides": SELECTED[1:], "scores": {},
+               "epochs": 0}]
+    path.write_text(json.dumps({"budget_epochs": budget, "epochs_spent": 0 if paused else budget,
+                                "rungs": [2, 4, 8, 10], "trials": trials,
                                 "best": {"number": 0, "value": 0.5, "run": "x", "overrides": SELECTED}}))
     return path
 

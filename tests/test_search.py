@@ -19,7 +19,7 @@ import aalp
 from aalp import cli, search as search_module
 from aalp.config import ConfigError, profile
 from aalp.runs import read_history, run_dir
-from aalp.search import best_overrides, best_so_far, plan, rungs, search, validation_images, validation_score
+from aalp.search import best_overrides, best_so_far, finished, plan, rungs, search, validation_images, validation_score
 from aalp.train import train
 
 from .conftest import ROOT
@@ -152,14 +152,16 @@ def test_killed_search_continues_and_a_larger_budget_extends_it(tmp_path: Path, 
     with pytest.raises(KeyboardInterrupt):
         go(6)
     killed = histories(runs)
+    assert not finished(where / "mnist-aalp.json", 6)  # killed mid-trial: running it again trains
     first = go(6)
     assert "paused" not in [t["state"] for t in first.trials[:-1]]
+    assert finished(first.path, 6) and not finished(first.path, 9)  # a trial the budget paused is final
     assert first.epochs_spent == 6 and sum(len(read_history(runs / r)) for r in histories(runs)) == first.epochs_spent
     for name, text in killed.items():
         assert histories(runs)[name].startswith(text), f"{name} was retrained"
     kept = histories(runs)
     more = go(9)
-    assert more.epochs_spent == 9
+    assert more.epochs_spent == 9 and finished(more.path, 9)
     assert outline(more.record)[:len(first.trials) - 1] == outline(first.record)[:-1]
     for name, text in kept.items():
         assert histories(runs)[name].startswith(text), f"{name} was retrained"
@@ -272,3 +274,22 @@ def test_search_subprocess_exit_status(tmp_path: Path) -> None:
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == ["aalp: error: the search tunes alp and aalp only, not 'mart'"]
     assert not any(tmp_path.iterdir())
+
+
+def test_finished_is_whether_running_again_would_train(tmp_path: Path) -> None:
+    """Mirrors the search's loop: a paused trial whose next rung fits is continued, one whose next rung
+    does not fit stays as it is, and a new trial starts while its first rung fits."""
+    def record(spent: int, *trials: dict) -> dict:
+        return {"budget_epochs": 60, "epochs_spent": spent, "rungs": [2, 4, 8, 10], "trials": list(trials)}
+
+    paused = {"number": 7, "state": "paused", "scores": {"2": 0.6}, "epochs": 2}
+    killed = {**paused, "scores": {}, "epochs": 1}  # killed inside rung 2: one more epoch to reach it
+    cases = [(record(59), True), (record(58), False),  # no room for a new trial's first rung / room for it
+             (record(60, paused), True), (record(58, paused), False),  # rung 4 needs 2 more epochs
+             (record(60, killed), True), (record(59, killed), False)]
+    path = tmp_path / "record.json"
+    assert not finished(path, 60)  # no record
+    for i, (r, expected) in enumerate(cases):
+        path.write_text(json.dumps(r))
+        assert finished(path, 60) is expected, i
+        assert not finished(path, 61), i  # a larger budget than the record's: never finished
