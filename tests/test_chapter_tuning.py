@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 
-from aalp.chapters.tuning import Tuning
+from aalp.chapters.tuning import Tuning, modules
+from aalp.methods import AALP
 
 
 def _trial(number: int, state: str, scores: dict[str, float], lam: float) -> dict:
@@ -37,3 +38,13 @@ def test_selected_configuration_beside_its_default_and_every_trial_listed() -> N
     trials = t.trials()
     assert len(trials) == 4 and list(trials["state"]) == ["complete"] * 3 + ["pruned"]
     assert list(trials["validation score"]) == [0.60, 0.55, 0.58, 0.30]
+
+
+def test_the_modules_the_selected_aalp_keeps_in_words() -> None:
+    assert modules(AALP(guided_dropout=False, weighting="one", weight_normalize=True)) == "neither module (its loss is ALP's)"
+    assert modules(AALP(guided_dropout=False, weighting="correct", weight_normalize=True)) == (
+        "Guided Dropout off, sample weighting w = 1[x′ classified correctly] (less pairing on the samples it "
+        "gets wrong under attack, normalised to batch mean 1)")
+    assert modules(AALP(weighting="one")).endswith("no sample weighting")
+    assert "more pairing on the samples it gets wrong" in modules(AALP(weighting="p_wrong"))
+    assert modules(AALP(gd_direction="high")).startswith("Guided Dropout on (dropping high-contribution features)")

@@ -115,7 +115,7 @@ def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | 
         facts[f"{d}_aa_images"] = runs[d][methods[0]][0].entry("autoattack")["n"]
         facts[f"{d}_warned_models"] = sum(bool(r.warnings) for rs in runs[d].values() for r in rs)
         facts[f"{d}_models"] = sum(len(rs) for rs in runs[d].values())
-        for m in set(methods) & set(arms.COMPARED):
+        for m in [m for m in methods if m in arms.COMPARED]:
             facts[f"{d}_{m}_worst"] = float(np.mean([r.accuracy(PRIMARY) for r in runs[d][m]]))
             facts[f"{d}_{m}_aa"] = float(np.mean([r.accuracy("autoattack") for r in runs[d][m]]))
             facts[f"{d}_{m}_clean"] = float(np.mean([r.accuracy("clean") for r in runs[d][m]]))

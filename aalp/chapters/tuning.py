@@ -19,6 +19,7 @@ from ..arms import SEARCH_METHODS
 from ..config import to_dict
 from ..experiments import Study
 from ..figures import LABELS, palette
+from ..methods import AALP
 from ..parameters import check_parameters
 from ..publish import Fact, Phrase
 from ..search import TPE_STARTUP, best_so_far, load_record
@@ -104,6 +105,31 @@ def _setting(override: str) -> str:
     return f"{key.removeprefix('method.')}={_short(value)}"
 
 
+WEIGHT_FORMULAS = {"p_adv": "w = p_y(x′)", "exp": "w = exp(−β·CE′)", "ratio": "w = CE′ / (CE′ + λ·pair)",
+                   "correct": "w = 1[x′ classified correctly]", "p_wrong": "w = 1 − p_y(x′)",
+                   "mart": "w = 1 + β·(1 − p_y(x′))"}
+"""AALP's sample-weighting variants (:func:`aalp.methods.sample_weights`) as formulas for the reader."""
+
+_LESS_ON_WRONG = ("p_adv", "exp", "ratio", "correct")
+
+
+def modules(method: AALP) -> str:
+    """Which of AALP's two modules a configuration keeps, in words: Guided Dropout on or off (and its
+    direction), the sample weighting's formula, its direction (less or more pairing on the samples the model
+    gets wrong under attack) and whether it is normalised; "neither module" when it is ALP's loss."""
+    if not method.guided_dropout and method.weighting == "one":  # normalising weights of one leaves them one
+        return "neither module (its loss is ALP's)"
+    gd = (f"Guided Dropout on (dropping {method.gd_direction}-contribution features)" if method.guided_dropout
+          else "Guided Dropout off")
+    if method.weighting == "one":
+        sw = "no sample weighting"
+    else:
+        direction = "less" if method.weighting in _LESS_ON_WRONG else "more"
+        sw = (f"sample weighting {WEIGHT_FORMULAS[method.weighting]} ({direction} pairing on the samples it "
+              f"gets wrong under attack{', normalised to batch mean 1' if method.weight_normalize else ''})")
+    return f"{gd}, {sw}"
+
+
 def compute(study: Study, datasets: list[str] | None = None) -> Tuning:
     """Read (running first, if missing) the declared search of ALP and AALP on every dataset."""
     check_parameters(datasets=datasets)
@@ -131,6 +157,9 @@ def compute(study: Study, datasets: list[str] | None = None) -> Tuning:
             facts[f"{key}_best"] = best["value"] if best else float("nan")
             facts[f"{key}_config"] = Phrase(", ".join(_setting(o) for o in best["overrides"] if o.startswith("method."))
                                             if best else "no complete trial")
+            if m == "aalp":
+                facts[f"{key}_modules"] = Phrase(modules(study.config(d, m, overrides=best["overrides"]).train.method)
+                                                 if best else "no complete trial")
     return Tuning(datasets, records, defaults, facts)
 
 
