@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 
-from aalp.chapters.tuning import Tuning, modules
+from aalp.chapters.tuning import Tuning, lam_position, modules, plot_lam
+from aalp.search import LAM
 from aalp.methods import AALP
 
 
@@ -48,3 +49,14 @@ def test_the_modules_the_selected_aalp_keeps_in_words() -> None:
     assert modules(AALP(weighting="one")).endswith("no sample weighting")
     assert "more pairing on the samples it gets wrong" in modules(AALP(weighting="p_wrong"))
     assert modules(AALP(gd_direction="high")).startswith("Guided Dropout on (dropping high-contribution features)")
+
+
+def test_lam_position_is_on_the_samplers_log_scale_and_the_plot_shows_every_trial() -> None:
+    low, high = LAM
+    assert lam_position(low) == 0 and math.isclose(lam_position(high), 1) and math.isclose(
+        lam_position(math.sqrt(low * high)), 0.5)
+    fig = plot_lam(_tuning())
+    (ax,) = fig.axes
+    filled, hollow = ax.collections  # the complete trials' final scores, every trial's first-rung score
+    assert len(filled.get_offsets()) == 3 and len(hollow.get_offsets()) == 4
+    assert ax.get_xscale() == "log"

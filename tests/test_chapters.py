@@ -141,7 +141,7 @@ class _NoStudy:
     def run(self, *args: Any, **kwargs: Any) -> Any:
         raise AssertionError("computed before the parameters were checked")
 
-    test_images = run
+    test_images = tuned = run
 
 
 @pytest.mark.parametrize("params, needle", [({"fraction": 2.0}, "fraction"), ({"methods": ["alp", "aalp"]}, "methods"),
@@ -154,6 +154,25 @@ def test_observation1_checks_before_compute(params: dict, needle: str) -> None:
 def test_ablation_checks_before_compute() -> None:
     with pytest.raises(ConfigError, match="lams"):
         ablation.compute(_NoStudy(), lams=[-1.0])  # type: ignore[arg-type]
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("params, needle", [
+    ({"dataset": "cifar100", "ablation_seeds": None, "lams": None}, "dataset"),
+    ({"dataset": "mnist", "ablation_seeds": [-1], "lams": None}, "ablation_seeds"),
+    ({"dataset": "mnist", "ablation_seeds": None, "lams": [-1.0]}, "lams"),
+    ({"dataset": "mnist", "ablation_seeds": None, "lams": None, "tuned_dataset": "cifar100", "tuned_ablation_seeds": None},
+     "dataset")])
+def test_ablation_units_check_before_anything(params: dict, needle: str, record_fault) -> None:
+    """The models chapter 4 trains (for ``reproduce --jobs``): bad parameters are one line, before the
+    study is asked for a search, a run or an image."""
+    record_fault("bad ablation-units input")
+    with pytest.raises(ConfigError, match=needle) as err:
+        if "tuned_dataset" in params:
+            ablation.notebook_units(_NoStudy(), params)  # type: ignore[arg-type]
+        else:
+            ablation.units(_NoStudy(), **params)  # type: ignore[arg-type]
+    assert "\n" not in str(err.value)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ retrained on the comparison seeds (:mod:`aalp.arms`, chapter 3).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from ..figures import LABELS, palette
 from ..methods import AALP
 from ..parameters import check_parameters
 from ..publish import Fact, Phrase
-from ..search import TPE_STARTUP, best_so_far, load_record
+from ..search import LAM, TPE_STARTUP, best_so_far, load_record
 
 
 @dataclass
@@ -130,6 +131,13 @@ def modules(method: AALP) -> str:
     return f"{gd}, {sw}"
 
 
+def lam_position(lam: float) -> float:
+    """Where ``lam`` lies in the searched range of λ (:data:`aalp.search.LAM`, log-uniform): 0 at its
+    lower end, 1 at its upper end, on the log scale the sampler draws on."""
+    low, high = LAM
+    return math.log(lam / low) / math.log(high / low)
+
+
 def compute(study: Study, datasets: list[str] | None = None) -> Tuning:
     """Read (running first, if missing) the declared search of ALP and AALP on every dataset."""
     check_parameters(datasets=datasets)
@@ -142,7 +150,8 @@ def compute(study: Study, datasets: list[str] | None = None) -> Tuning:
         records[d] = {m: load_record(study.profile, d, m, study.root) for m in SEARCH_METHODS}
         defaults[d] = {m: to_dict(study.config(d, m).train.method) for m in SEARCH_METHODS}
     settings = study.settings
-    facts: dict[str, Fact] = {"tune_budget": settings.search_budget_epochs,
+    facts: dict[str, Fact] = {"tune_budget": settings.search_budget_epochs, "tune_lam_low": LAM[0],
+                              "tune_lam_high": LAM[1],
                               "tune_run_seed": settings.search_run_seed, "tune_tpe_startup": TPE_STARTUP,
                               "tune_val_images": records[datasets[0]][SEARCH_METHODS[0]]["val_images"],
                               "tune_epochs_per_run": records[datasets[0]][SEARCH_METHODS[0]]["epochs"]}
@@ -157,6 +166,9 @@ def compute(study: Study, datasets: list[str] | None = None) -> Tuning:
             facts[f"{key}_best"] = best["value"] if best else float("nan")
             facts[f"{key}_config"] = Phrase(", ".join(_setting(o) for o in best["overrides"] if o.startswith("method."))
                                             if best else "no complete trial")
+            lam = next((float(o.partition("=")[2]) for o in best["overrides"] if o.startswith("method.lam=")),
+                       None) if best else None
+            facts[f"{key}_lam_position"] = lam_position(lam) if lam is not None else float("nan")
             if m == "aalp":
                 facts[f"{key}_modules"] = Phrase(modules(study.config(d, m, overrides=best["overrides"]).train.method)
                                                  if best else "no complete trial")
@@ -186,6 +198,39 @@ def plot_best_so_far(result: Tuning) -> Any:
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_lam(result: Tuning) -> Any:
+    """Validation score against λ, ALP and AALP, one panel per dataset: every complete trial's final score
+    (filled) and every trial's first-rung score (hollow, when there are several rungs), with the searched range's ends (dotted): a best
+    score at an end of the range says the range did not bracket the best λ."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
+
+    colours = palette()
+    fig, axes = plt.subplots(1, len(result.datasets), figsize=(5.4 * len(result.datasets), 3.6), squeeze=False,
+                             sharey=True)
+    for ax, d in zip(axes[0], result.datasets):
+        for m, record in result.records[d].items():
+            first = str(record["rungs"][0])
+            trials = [t for t in record["trials"] if "lam" in t["params"]]
+            complete = [t for t in trials if t["state"] == "complete"]
+            ax.scatter([t["params"]["lam"] for t in complete], [t["value"] for t in complete], color=colours[m],
+                       s=28, label=f"{LABELS[m]}: complete trial, final score")
+            if len(record["rungs"]) > 1:  # one rung: the first score is the final one
+                early = [t for t in trials if first in t["scores"]]
+                ax.scatter([t["params"]["lam"] for t in early], [t["scores"][first] for t in early], s=18,
+                           facecolors="none", edgecolors=colours[m],
+                           label=f"{LABELS[m]}: score after {first} epoch{'s' * (first != '1')}")
+        for end in LAM:
+            ax.axvline(end, color="#999999", lw=1, ls=":")
+        ax.set(title=d, xscale="log", xlabel="pairing weight λ (searched range dotted)",
+               ylabel="validation accuracy, APGD-CE + T")
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.legend(fontsize=7, loc="center left")
     fig.tight_layout()
     plt.close(fig)
     return fig
