@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import faults, grid
-from .chapters import ablation
+from .chapters import ablation, masking
 from .checkpoint import file_lock
 from .arms import SEARCH_METHODS
 from .config import ConfigError, check_profile
@@ -54,6 +54,10 @@ NOTEBOOKS = (
 TRAINS: dict[str, Callable[[Study, dict[str, Any]], list[grid.Unit]]] = {"04_ablation": ablation.notebook_units}
 """Notebooks that train models beyond the main table, and those models (from the notebook's parameters):
 ``reproduce --jobs N`` trains them in the grid's lanes too."""
+
+AUDITS: dict[str, Callable[[Study, dict[str, Any]], masking.Plan]] = {"05_robustness_audit": masking.notebook_plan}
+"""Notebooks that audit models, and what they audit: ``reproduce --jobs N`` computes the audits in
+parallel lanes after the grid, so that the notebook finds them cached."""
 
 
 class NotebookFailed(RuntimeError):
@@ -111,9 +115,10 @@ def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None,
               log: Callable[[str], None] = partial(print, flush=True)) -> list[Path]:
     """Execute the notebooks of ``profile`` in order (skipping unchanged ones); return the executed paths.
     ``seeds`` replaces the profile's seeds in every notebook that takes a ``seeds`` parameter. With
-    ``jobs > 1`` or a ``cluster``, the declared searches are first run (or continued) one after another,
-    then the main table's units and the models of the :data:`TRAINS` notebooks among ``only`` trained and
-    evaluated in parallel (:func:`aalp.grid.run_grid`), so that the notebooks find them cached.
+    ``jobs > 1`` or a ``cluster``, everything the notebooks compute beyond analysis runs first in ``jobs``
+    lanes (or as cluster jobs), so that the notebooks find it cached: the declared searches not yet
+    finished (one lane each), then the main table's units and the models of the :data:`TRAINS` notebooks
+    among ``only`` (:func:`aalp.grid.run_grid`), then the audits of the :data:`AUDITS` notebooks.
 
     Raises:
         NotebookFailed: a notebook raised; its executed copy (with the traceback) is kept.
@@ -127,12 +132,19 @@ def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None,
     grid.check(profile, jobs, cluster)
     if jobs > 1 or cluster is not None:
         study = Study(profile, root)
-        _searches(study, jobs, cluster, slurm, log)
+        budget = study.settings.search_budget_epochs
+        _lanes(study, jobs, cluster, slurm, _tune, [(d, m) for d in study.settings.datasets for m in SEARCH_METHODS
+                                                      if not finished(record_path(profile, d, m, root), budget)],
+               f"searches {profile}", log)
         units = grid.main_grid(profile, seeds=seeds, root=root)
         for name in (n for n in names if n in TRAINS):
             units += TRAINS[name](study, notebook_parameters(profile, root / "notebooks" / f"{name}.ipynb", seeds))
         grid.run_grid(profile, units, runs_dir=results_dir(profile, root) / "runs", data_dir=root / "data",
                       jobs=jobs, cluster=cluster, slurm=slurm, log=log)
+        for name in (n for n in names if n in AUDITS):
+            p = AUDITS[name](study, notebook_parameters(profile, root / "notebooks" / f"{name}.ipynb", seeds))
+            _lanes(study, jobs, cluster, slurm, _audit, [(p, *model) for model in p.models()],
+                   f"audits {profile} ({name})", log)
     out_dir = results_dir(profile, root) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = []
@@ -151,22 +163,28 @@ def _tune(profile: str, root: Path, dataset: str, method: str, threads: int) -> 
     Study(profile, root).tuned(dataset, method)
 
 
-def _searches(study: Study, jobs: int, cluster: str | None, slurm: dict[str, Any] | None,
-              log: Callable[[str], None]) -> None:
-    """Run or continue every declared search of the profile that has not spent its budget, ``jobs`` at a
-    time (or as cluster jobs): each search is one sequence of trials, so the searches are the lanes."""
-    budget = study.settings.search_budget_epochs
-    todo = [(d, m) for d in study.settings.datasets for m in SEARCH_METHODS
-            if not finished(record_path(study.profile, d, m, study.root), budget)]
-    if not todo:
+def _audit(profile: str, root: Path, plan: masking.Plan, dataset: str, method: str, seed: int,
+           threads: int) -> None:
+    """One model's audits, computed into its run directory in a worker process (:func:`aalp.chapters.masking.audit_model`)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    masking.audit_model(Study(profile, root), plan, dataset, method, seed)
+
+
+def _lanes(study: Study, jobs: int, cluster: str | None, slurm: dict[str, Any] | None, fn: Callable[..., None],
+           argsets: list[tuple[Any, ...]], what: str, log: Callable[[str], None]) -> None:
+    """``fn(profile, root, *args, threads)`` for every ``args`` of ``argsets``, ``jobs`` at a time in
+    worker processes with cores / ``jobs`` torch threads each (or as cluster jobs)."""
+    if not argsets:
         return
-    log(f"searches {study.profile}: {', '.join(f'{m} on {d}' for d, m in todo)} "
-        + (f"in {min(jobs, len(todo))} lane(s)" if cluster is None else f"as {cluster} jobs"))
+    log(f"{what}: {len(argsets)} " + (f"in {min(jobs, len(argsets))} lane(s)" if cluster is None else f"as {cluster} jobs"))
     pool = grid.executor(jobs, cluster, study.results_dir / "submitit", dict(slurm or {}))
     try:
-        submitted = [pool.submit(_tune, study.profile, study.root, d, m, max(1, grid.cores() // jobs)) for d, m in todo]
+        threads = max(1, grid.cores() // jobs)
+        submitted = [pool.submit(fn, study.profile, study.root, *args, threads) for args in argsets]
         for job in submitted:
-            job.result()  # a search that raised stops here with its error
+            job.result()  # a job that raised stops here with its error
     finally:
         if cluster is None:
             pool.shutdown(cancel_futures=True)

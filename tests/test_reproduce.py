@@ -278,3 +278,43 @@ def test_jobs_run_the_unfinished_searches_side_by_side(tmp_path: Path, monkeypat
     todo = [(d, m) for d in settings.datasets for m in SEARCH_METHODS if (d, m) != done]
     threads = max(1, grid.cores() // 2)
     assert pool.jobs == 2 and pool.calls == [("_tune", "smoke", tmp_path.resolve(), d, m, threads) for d, m in todo]
+
+
+def test_jobs_compute_the_audits_in_lanes_after_the_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``reproduce --jobs N`` audits every model chapter 5's notebook audits, one lane job per model with
+    the notebook's own plan (the same cache keys the notebook then reads), after the grid has trained
+    them, and before any notebook executes."""
+    from aalp import grid, reproduce as reproduce_module
+    from aalp.chapters import masking
+    from aalp.experiments import Study
+    from aalp.reproduce import notebook_parameters
+
+    order: list[str] = []
+    monkeypatch.setattr(reproduce_module, "finished", lambda path, budget: True)
+    monkeypatch.setattr(grid, "main_grid", lambda *a, **k: [])
+    monkeypatch.setattr(grid, "run_grid", lambda *a, **k: order.append("grid"))
+    calls: list[tuple] = []
+
+    class Inline:
+        def submit(self, fn, *args):  # type: ignore[no-untyped-def]
+            order.append(fn.__name__)
+            calls.append(args)
+            return type("Done", (), {"result": lambda _: None})()
+
+        def shutdown(self, **kwargs) -> None:
+            pass
+
+    monkeypatch.setattr(grid, "executor", lambda jobs, cluster, folder, slurm: Inline())
+    monkeypatch.setattr(reproduce_module, "_execute", lambda *a, **k: (_ for _ in ()).throw(_Stop()))
+    with pytest.raises(_Stop):
+        reproduce("smoke", root=REPO, only=["05_robustness_audit"], jobs=2)
+    notebook = REPO / "notebooks" / "05_robustness_audit.ipynb"
+    plan = masking.notebook_plan(Study("smoke", REPO), notebook_parameters("smoke", notebook))
+    threads = max(1, grid.cores() // 2)
+    assert order == ["grid"] + ["_audit"] * len(plan.models())
+    assert calls == [("smoke", REPO, plan, d, m, s, threads) for d, m, s in plan.models()]
+    assert {"alp-tuned", "aalp-tuned"} <= set(plan.methods)  # the primary comparison's models are audited
+    source = "".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
+    assert ("chapter.compute(study, datasets=datasets, seeds=seeds, full_audit_seeds=full_audit_seeds,\n"
+            "                         methods=methods, n_images=n_images, steps=steps, square_queries=square_queries)"
+            in source)

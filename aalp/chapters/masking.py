@@ -84,46 +84,88 @@ def strength_curve(run: Run, audit: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"step": i, **p} for i, p in enumerate(points)]
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What chapter 5 audits, its parameters resolved to the profile's settings (:func:`plan`)."""
+
+    datasets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    full_seeds: tuple[int, ...]
+    methods: tuple[str, ...]
+    n_images: int
+    steps: tuple[int, ...]
+    square_queries: int
+
+    def models(self) -> list[tuple[str, str, int]]:
+        """(dataset, arm, seed) of every audited model, in the chapter's order."""
+        return [(d, m, s) for d in self.datasets for m in self.methods
+                for s in sorted(set(self.seeds) | set(self.full_seeds))]
+
+
+def plan(study: Study, datasets: list[str] | None = None, seeds: list[int] | None = None,
+         full_audit_seeds: list[int] | None = None, methods: list[str] | None = None,
+         n_images: int | None = None, steps: list[int] | None = None,
+         square_queries: int | None = None) -> Plan:
+    """:func:`compute`'s parameters, checked before any compute and resolved (every arm, the profile's
+    seeds, its first seed for the full audit, its audit size, step counts and Square budget)."""
+    methods = methods or list(order(LABELS))
+    check_parameters(datasets=datasets, seeds=seeds, full_audit_seeds=full_audit_seeds, methods=methods,
+                     n_images=n_images, steps=steps, square_queries=square_queries)
+    settings = study.settings
+    seeds = list(seeds or settings.seeds)
+    return Plan(tuple(datasets or settings.datasets), tuple(seeds), tuple(full_audit_seeds or seeds[:1]),
+                tuple(methods), n_images or settings.audit_n, tuple(steps or settings.audit_steps),
+                square_queries or settings.audit_square_queries)
+
+
+def notebook_plan(study: Study, parameters: dict[str, Any]) -> Plan:
+    """The plan of chapter 5's notebook with ``parameters`` (its papermill parameters)."""
+    return plan(study, **{k: parameters[k] for k in ("datasets", "seeds", "full_audit_seeds", "methods", "n_images",
+                                                      "steps", "square_queries")})
+
+
+def audit_model(study: Study, p: Plan, dataset: str, method: str, seed: int
+                ) -> tuple[Run, dict[str, Any], dict[str, Any] | None]:
+    """The run, its cheap audit and (for a seed of ``p.full_seeds``) its full audit, on its first
+    ``p.n_images`` AutoAttack images; each audit cached in the run's directory, so that
+    ``reproduce --jobs N`` can compute them in parallel lanes before the notebook reads them."""
+    run = study.run(dataset, method, seed)
+    n = min(p.n_images, run.entry("autoattack")["n"])
+    x, y = study.evaluated_images(run, n)
+    kwargs = {"autoattack_warnings": run.warnings, "steps": list(p.steps)}
+    cheap = study.audit(run, x, y, full=False, **kwargs)
+    if seed not in p.full_seeds:
+        return run, cheap, None
+    surrogate = study.run(dataset, "pgd-at", seed + 1, evaluate=False)  # independent of every model here
+    return run, cheap, study.audit(run, x, y, full=True, surrogate=surrogate, square_queries=p.square_queries,
+                                   **kwargs)
+
+
 def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | None = None,
             full_audit_seeds: list[int] | None = None, methods: list[str] | None = None,
             n_images: int | None = None, steps: list[int] | None = None,
             square_queries: int | None = None) -> Audits:
     """Audit every model of the main table (cheap) and those of ``full_audit_seeds`` (full); see the
     module docstring."""
-    methods = methods or list(order(LABELS))
-    check_parameters(datasets=datasets, seeds=seeds, full_audit_seeds=full_audit_seeds, methods=methods,
-                     n_images=n_images, steps=steps, square_queries=square_queries)
-    settings = study.settings
-    datasets = list(datasets or settings.datasets)
-    seeds = list(seeds or settings.seeds)
-    full_seeds = list(full_audit_seeds or seeds[:1])
-    steps = list(steps or settings.audit_steps)
-    square_queries = square_queries or settings.audit_square_queries
+    p = plan(study, datasets, seeds, full_audit_seeds, methods, n_images, steps, square_queries)
     rows, audits, strength = [], {}, []
-    for d in datasets:
-        for m in methods:
-            for s in sorted(set(seeds) | set(full_seeds)):
-                run = study.run(d, m, s)
-                n = min(n_images or settings.audit_n, run.entry("autoattack")["n"])
-                x, y = study.evaluated_images(run, n)
-                kwargs = {"autoattack_warnings": run.warnings, "steps": steps}
-                cheap = study.audit(run, x, y, full=False, **kwargs)
-                audits[(d, m, s, False)] = cheap
-                result = cheap
-                if s in full_seeds:
-                    surrogate = study.run(d, "pgd-at", s + 1, evaluate=False)  # independent of every model here
-                    result = study.audit(run, x, y, full=True, surrogate=surrogate, square_queries=square_queries,
-                                         **kwargs)
-                    audits[(d, m, s, True)] = result
-                strength += [{"dataset": d, "method": m, "seed": s, **p} for p in strength_curve(run, result)]
-                rows.append({"dataset": d, "method": m, "seed": s, "audit": "full" if s in full_seeds else "cheap",
-                             "images": n, "worst case (evaluation)": float(run.bits("worst_case")[:n].mean()),
-                             "final worst case": final_worst_case(run.entry("worst_case")["robust"], result),
-                             "PGD below clean loss": result["adv_easier"]["fraction"],
-                             "masking signals": "; ".join(s.split(":")[0] for s in result["masking_signals"]) or "none",
-                             "passed": result["passed"]})
+    for d, m, s in p.models():
+        run, cheap, full = audit_model(study, p, d, m, s)
+        audits[(d, m, s, False)] = cheap
+        if full is not None:
+            audits[(d, m, s, True)] = full
+        result = full or cheap
+        n = len(result["worst_case"]["robust"])
+        strength += [{"dataset": d, "method": m, "seed": s, **point} for point in strength_curve(run, result)]
+        rows.append({"dataset": d, "method": m, "seed": s, "audit": "cheap" if full is None else "full",
+                     "images": n, "worst case (evaluation)": float(run.bits("worst_case")[:n].mean()),
+                     "final worst case": final_worst_case(run.entry("worst_case")["robust"], result),
+                     "PGD below clean loss": result["adv_easier"]["fraction"],
+                     "masking signals": "; ".join(x.split(":")[0] for x in result["masking_signals"]) or "none",
+                     "passed": result["passed"]})
     frame = pd.DataFrame(rows)
-    return Audits(datasets, seeds, full_seeds, methods, frame, audits, _facts(frame, audits), pd.DataFrame(strength))
+    return Audits(list(p.datasets), list(p.seeds), list(p.full_seeds), list(p.methods), frame, audits,
+                  _facts(frame, audits), pd.DataFrame(strength))
 
 
 def _facts(frame: pd.DataFrame, audits: dict[tuple[str, str, int, bool], dict[str, Any]]) -> dict[str, Fact]:
