@@ -8,10 +8,11 @@ state under ``optim.<param index>.<name>``, and JSON in the header metadata for 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,23 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                     scalars.setdefault(str(index), {})[name] = value
         header["optim"] = json.dumps({"param_groups": state["param_groups"], "scalars": scalars})
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header), point="checkpoint-tmp")
+
+
+def state_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a model's tensors (a ``state_dict``): each name, dtype, shape and raw bytes, in name
+    order, so that it identifies the weights whatever else a file holds (timings, optimiser state)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def weights_sha256(path: Path) -> str:
+    """:func:`state_sha256` of the model tensors of the checkpoint at ``path``."""
+    with safe_open(str(path), framework="pt", device="cpu") as fh:
+        return state_sha256({k[len("model."):]: fh.get_tensor(k) for k in fh.keys() if k.startswith("model.")})
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

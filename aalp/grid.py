@@ -190,8 +190,9 @@ def _wait(executor: Any, todo: list[Unit], total: int, profile: str, runs_dir: P
 
     started = time.monotonic()
     pending = {executor.submit(run_unit, profile, u, runs_dir, data_dir, threads): u for u in todo}
+    interactive = sys.stderr.isatty()  # in a log file, the bar is redrawn at most once a minute
     bar = tqdm(total=total, initial=total - len(todo), desc="units", unit="unit", disable=not progress,
-               file=sys.stderr)
+               file=sys.stderr, mininterval=0.1 if interactive else 60)
     try:
         while pending:
             finished = [f for f in pending if f.done()]
@@ -201,7 +202,7 @@ def _wait(executor: Any, todo: list[Unit], total: int, profile: str, runs_dir: P
                 bar.update(1)
                 write(f"done {unit}: clean {result['clean']:.1%}, worst case {result['worst_case']:.1%} "
                       f"({(time.monotonic() - started) / 60:.1f} min into the grid)")
-            bar.set_postfix(running=sum(map(_running, pending)), left=len(pending))
+            bar.set_postfix(running=sum(map(_running, pending)), left=len(pending), refresh=interactive)
             if pending and not finished:
                 time.sleep(0.5)  # polling period only: no outcome depends on it
     finally:

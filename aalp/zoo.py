@@ -4,18 +4,19 @@
 method is an arm of :mod:`aalp.arms`, so ``"aalp-tuned"`` is the configuration AALP's search selected).
 :func:`cards` gives one model card per trained and evaluated model: its configuration, clean, AutoAttack and
 worst-case accuracy on the profile's test images, its audits (cheap and full: passed, and the masking
-signals), its training time, the SHA-256 of its weights, and a *check*: the first :data:`CHECK_IMAGES`
+signals), its training time, the SHA-256 of its weights (:func:`aalp.checkpoint.state_sha256`: the
+tensors alone, not the file's timings), and a *check*: the first :data:`CHECK_IMAGES`
 evaluated images' clean correctness, against which a loaded model can be verified.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from . import arms
+from .checkpoint import weights_sha256
 from .config import ConfigError, experiments, to_dict
 from .data import DATASETS
 from .evaluate import autoattack_entry
@@ -54,7 +55,7 @@ def _card(profile: str, unit: Unit, directory: Path) -> dict[str, Any]:
             "clean": attacks["clean"]["accuracy"], "autoattack": aa["accuracy"] if aa else None,
             "autoattack_images": aa["n"] if aa else 0, "worst_case": evaluation["worst_case"]["accuracy"],
             "autoattack_warnings": evaluation.get("autoattack_warnings", []), "audits": audits,
-            "sha256": hashlib.sha256((directory / CHECKPOINT).read_bytes()).hexdigest(),
+            "sha256": weights_sha256(directory / CHECKPOINT),
             "check": {"images": CHECK_IMAGES, "clean": attacks["clean"]["robust"][:CHECK_IMAGES]}}
 
 

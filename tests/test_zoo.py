@@ -3,17 +3,17 @@ card's check images, the weights' SHA-256); unknown or missing names are one lin
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 import torch
 
 from aalp import zoo
+from aalp.checkpoint import save_checkpoint, state_sha256, weights_sha256
 from aalp.config import ConfigError, profile
 from aalp.evaluate import evaluation_set, predict
 from aalp.experiments import Study
-from aalp.runs import CHECKPOINT, ROOT, results_dir
+from aalp.runs import ROOT
 
 COMMITTED = zoo.cards("cpu")
 
@@ -26,8 +26,20 @@ def _verify(card: dict, root: Path) -> None:
     torch.set_num_threads(1)
     correct = "".join("1" if c else "0" for c in (predict(model, x[:n]) == y[:n]).tolist())
     assert correct == card["check"]["clean"], card["name"]
-    weights = results_dir(card["profile"], root) / "runs" / card["run"] / CHECKPOINT
-    assert hashlib.sha256(weights.read_bytes()).hexdigest() == card["sha256"]
+    assert state_sha256(model.state_dict()) == card["sha256"]  # the loaded weights are the card's
+
+
+def test_the_weights_hash_is_of_the_tensors_alone(tmp_path: Path) -> None:
+    """Two files of one model with different metadata (timings) hash alike; one changed weight does not."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))  # 0-dim and int64 tensors too
+    save_checkpoint(tmp_path / "a.safetensors", model, None, {"train_seconds": 1.0})
+    save_checkpoint(tmp_path / "b.safetensors", model, torch.optim.SGD(model.parameters(), lr=0.1), {"train_seconds": 2.0})
+    assert (tmp_path / "a.safetensors").read_bytes() != (tmp_path / "b.safetensors").read_bytes()
+    assert weights_sha256(tmp_path / "a.safetensors") == weights_sha256(tmp_path / "b.safetensors") == state_sha256(
+        model.state_dict())
+    with torch.no_grad():
+        model[0].bias[0] += 1e-6
+    assert state_sha256(model.state_dict()) != weights_sha256(tmp_path / "a.safetensors")
 
 
 @pytest.fixture(scope="module")
