@@ -171,7 +171,8 @@ def run_grid(profile: str, units: Sequence[Unit], *, runs_dir: str | Path, data_
         folder = Path(cluster_folder) if cluster_folder else runs_dir.parent / "submitit"
         pool = executor(jobs, cluster, folder, dict(slurm or {}))
         try:
-            _wait(pool, todo, len(unique), profile, runs_dir, data_dir, threads, progress, write)
+            _wait(pool, todo, len(unique), profile, runs_dir, data_dir, threads, progress, write,
+                  lanes=jobs if cluster is None else None)
         finally:
             if cluster is None:
                 pool.shutdown(cancel_futures=True)
@@ -184,8 +185,9 @@ def _running(job: Any) -> bool:
 
 
 def _wait(executor: Any, todo: list[Unit], total: int, profile: str, runs_dir: Path, data_dir: Path,
-          threads: int | None, progress: bool, write: Callable[[str], None]) -> None:
-    """Submit ``todo`` and show done / running / left with an ETA until every unit finished."""
+          threads: int | None, progress: bool, write: Callable[[str], None], lanes: int | None = None) -> None:
+    """Submit ``todo`` and show done / running / left with an ETA until every unit finished. ``lanes``: the
+    worker processes of a local pool, which marks as running the units queued to its workers too."""
     from tqdm import tqdm
 
     started = time.monotonic()
@@ -202,7 +204,8 @@ def _wait(executor: Any, todo: list[Unit], total: int, profile: str, runs_dir: P
                 bar.update(1)
                 write(f"done {unit}: clean {result['clean']:.1%}, worst case {result['worst_case']:.1%} "
                       f"({(time.monotonic() - started) / 60:.1f} min into the grid)")
-            bar.set_postfix(running=sum(map(_running, pending)), left=len(pending), refresh=interactive)
+            running = sum(map(_running, pending))
+            bar.set_postfix(running=min(running, lanes) if lanes else running, left=len(pending), refresh=interactive)
             if pending and not finished:
                 time.sleep(0.5)  # polling period only: no outcome depends on it
     finally:

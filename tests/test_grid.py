@@ -141,7 +141,7 @@ def test_units_that_are_one_model_are_trained_once(tmp_path: Path, monkeypatch: 
 
     submitted = []
 
-    def fake_wait(executor, todo, total, *args) -> None:
+    def fake_wait(executor, todo, total, *args, **kwargs) -> None:
         submitted.extend(todo)
         raise KeyboardInterrupt
 
