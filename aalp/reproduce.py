@@ -155,33 +155,38 @@ def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None,
     return executed
 
 
-def _tune(profile: str, root: Path, dataset: str, method: str, threads: int) -> None:
+def _tune(profile: str, root: Path, dataset: str, method: str, threads: int | None) -> None:
     """One declared search, run or continued in a worker process (:meth:`aalp.experiments.Study.tuned`)."""
-    import torch
-
-    torch.set_num_threads(threads)
+    _threads(threads)
     Study(profile, root).tuned(dataset, method)
 
 
 def _audit(profile: str, root: Path, plan: masking.Plan, dataset: str, method: str, seed: int,
-           threads: int) -> None:
+           threads: int | None) -> None:
     """One model's audits, computed into its run directory in a worker process (:func:`aalp.chapters.masking.audit_model`)."""
-    import torch
-
-    torch.set_num_threads(threads)
+    _threads(threads)
     masking.audit_model(Study(profile, root), plan, dataset, method, seed)
+
+
+def _threads(threads: int | None) -> None:
+    """A lane's torch threads; ``None`` (a cluster job): torch's default, the cores the job was given."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _lanes(study: Study, jobs: int, cluster: str | None, slurm: dict[str, Any] | None, fn: Callable[..., None],
            argsets: list[tuple[Any, ...]], what: str, log: Callable[[str], None]) -> None:
     """``fn(profile, root, *args, threads)`` for every ``args`` of ``argsets``, ``jobs`` at a time in
-    worker processes with cores / ``jobs`` torch threads each (or as cluster jobs)."""
+    worker processes with cores / ``jobs`` torch threads each (or as cluster jobs, with the cores each
+    job is given, as :func:`aalp.grid.run_grid` does)."""
     if not argsets:
         return
     log(f"{what}: {len(argsets)} " + (f"in {min(jobs, len(argsets))} lane(s)" if cluster is None else f"as {cluster} jobs"))
     pool = grid.executor(jobs, cluster, study.results_dir / "submitit", dict(slurm or {}))
     try:
-        threads = max(1, grid.cores() // jobs)
+        threads = max(1, grid.cores() // jobs) if cluster is None else None
         submitted = [pool.submit(fn, study.profile, study.root, *args, threads) for args in argsets]
         for job in submitted:
             job.result()  # a job that raised stops here with its error

@@ -278,6 +278,9 @@ def test_jobs_run_the_unfinished_searches_side_by_side(tmp_path: Path, monkeypat
     todo = [(d, m) for d in settings.datasets for m in SEARCH_METHODS if (d, m) != done]
     threads = max(1, grid.cores() // 2)
     assert pool.jobs == 2 and pool.calls == [("_tune", "smoke", tmp_path.resolve(), d, m, threads) for d, m in todo]
+    with pytest.raises(_Stop):  # a cluster job takes the cores it is given, as a grid unit does
+        reproduce("smoke", root=tmp_path, only=[NAME], cluster="local")
+    assert pools[-1].calls == [("_tune", "smoke", tmp_path.resolve(), d, m, None) for d, m in todo]
 
 
 def test_jobs_compute_the_audits_in_lanes_after_the_grid(monkeypatch: pytest.MonkeyPatch) -> None:
