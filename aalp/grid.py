@@ -24,9 +24,11 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,9 @@ class Unit:
         """The registry method the arm trains."""
         return method_of(self.arm)
 
+    @cache  # the grid asks for it at every step of a unit; it is a pure function of the unit and the profile
     def config(self, profile: str) -> RunConfig:
+        """The unit's run configuration in ``profile``."""
         return profile_config(profile, self.dataset, self.method, [*self.overrides, f"seed={self.seed}"])
 
     def __str__(self) -> str:
@@ -126,17 +130,33 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def executor(jobs: int, cluster: str | None, folder: Path, slurm: dict[str, Any]) -> Any:
+def lane_threads(jobs: int, cluster: str | None, threads: int | None = None) -> int | None:
+    """The torch threads of each lane: ``threads`` if given; else ``cores // jobs`` (at least 1) on this
+    machine, and ``None`` on a cluster (torch's default there: the cores each job is given)."""
+    if threads is None and cluster is None:
+        return max(1, cores() // jobs)
+    return threads
+
+
+@contextmanager
+def lanes(jobs: int, cluster: str | None, folder: Path, slurm: dict[str, Any] | None = None) -> Iterator[Any]:
     """An object with ``submit(fn, *args)`` whose results have ``done()`` and ``result()``: ``jobs`` spawned
-    worker processes here, or submitit's executor for ``cluster`` (``"local"`` or ``"slurm"``)."""
+    worker processes here (shut down on exit, queued work cancelled), or submitit's executor for
+    ``cluster`` (``"local"`` or ``"slurm"``; job scripts and logs under ``folder``)."""
     if cluster is None:
-        return ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+        try:
+            yield pool
+        finally:
+            pool.shutdown(cancel_futures=True)
+        return
     import submitit
 
+    parameters = dict(slurm or {})
     executor = (submitit.LocalExecutor(folder=folder) if cluster == "local"
                 else submitit.AutoExecutor(folder=folder, cluster="slurm"))
-    executor.update_parameters(timeout_min=slurm.pop("timeout_min", 240), **slurm)
-    return executor
+    executor.update_parameters(timeout_min=parameters.pop("timeout_min", 240), **parameters)
+    yield executor
 
 
 def run_grid(profile: str, units: Sequence[Unit], *, runs_dir: str | Path, data_dir: str | Path = "data",
@@ -147,8 +167,9 @@ def run_grid(profile: str, units: Sequence[Unit], *, runs_dir: str | Path, data_
     summaries (:func:`run_unit`) of all units, in the order given.
 
     Args:
-        threads: torch threads per worker for evaluation (training uses its configuration's); default ``cores // jobs`` (at least 1) on this machine, and
-            the cores Slurm gives each job (``slurm={"cpus_per_task": …}``) on a cluster.
+        threads: torch threads per worker for evaluation (training uses its configuration's); default
+            :func:`lane_threads`: ``cores // jobs`` (at least 1) on this machine, and the cores Slurm gives
+            each job (``slurm={"cpus_per_task": …}``) on a cluster.
         cluster: ``None`` (worker processes here), ``"slurm"``, or ``"local"`` (submitit's local executor).
         cluster_folder: where submitit keeps job scripts and logs (default: ``<runs_dir>/../submitit``).
         slurm: extra submitit parameters, e.g. ``{"slurm_partition": "cpu", "cpus_per_task": 4}``.
@@ -161,21 +182,16 @@ def run_grid(profile: str, units: Sequence[Unit], *, runs_dir: str | Path, data_
     for unit in units:
         first.setdefault(unit.config(profile), unit)
     unique = list(first.values())
-    if threads is None and cluster is None:
-        threads = max(1, cores() // jobs)
+    threads = lane_threads(jobs, cluster, threads)
     write = log or (lambda message: print(message, file=sys.stderr, flush=True))
     todo = [u for u in unique if not is_done(profile, u, runs_dir)]
     write(f"grid {profile}: {len(unique)} units, {len(unique) - len(todo)} done, {len(todo)} to run "
           + (f"in {jobs} lane(s) × {threads} thread(s)" if cluster is None else f"as {cluster} jobs"))
     if todo:
         folder = Path(cluster_folder) if cluster_folder else runs_dir.parent / "submitit"
-        pool = executor(jobs, cluster, folder, dict(slurm or {}))
-        try:
+        with lanes(jobs, cluster, folder, slurm) as pool:
             _wait(pool, todo, len(unique), profile, runs_dir, data_dir, threads, progress, write,
-                  lanes=jobs if cluster is None else None)
-        finally:
-            if cluster is None:
-                pool.shutdown(cancel_futures=True)
+                  workers=jobs if cluster is None else None)
     return [summary(profile, u, runs_dir, data_dir) for u in units]  # all evaluated now: reads only
 
 
@@ -185,8 +201,8 @@ def _running(job: Any) -> bool:
 
 
 def _wait(executor: Any, todo: list[Unit], total: int, profile: str, runs_dir: Path, data_dir: Path,
-          threads: int | None, progress: bool, write: Callable[[str], None], lanes: int | None = None) -> None:
-    """Submit ``todo`` and show done / running / left with an ETA until every unit finished. ``lanes``: the
+          threads: int | None, progress: bool, write: Callable[[str], None], workers: int | None = None) -> None:
+    """Submit ``todo`` and show done / running / left with an ETA until every unit finished. ``workers``: the
     worker processes of a local pool, which marks as running the units queued to its workers too."""
     from tqdm import tqdm
 
@@ -205,7 +221,7 @@ def _wait(executor: Any, todo: list[Unit], total: int, profile: str, runs_dir: P
                 write(f"done {unit}: clean {result['clean']:.1%}, worst case {result['worst_case']:.1%} "
                       f"({(time.monotonic() - started) / 60:.1f} min into the grid)")
             running = sum(map(_running, pending))
-            bar.set_postfix(running=min(running, lanes) if lanes else running, left=len(pending), refresh=interactive)
+            bar.set_postfix(running=min(running, workers) if workers else running, left=len(pending), refresh=interactive)
             if pending and not finished:
                 time.sleep(0.5)  # polling period only: no outcome depends on it
     finally:

@@ -184,15 +184,11 @@ def _lanes(study: Study, jobs: int, cluster: str | None, slurm: dict[str, Any] |
     if not argsets:
         return
     log(f"{what}: {len(argsets)} " + (f"in {min(jobs, len(argsets))} lane(s)" if cluster is None else f"as {cluster} jobs"))
-    pool = grid.executor(jobs, cluster, study.results_dir / "submitit", dict(slurm or {}))
-    try:
-        threads = max(1, grid.cores() // jobs) if cluster is None else None
+    threads = grid.lane_threads(jobs, cluster)
+    with grid.lanes(jobs, cluster, study.results_dir / "submitit", slurm) as pool:
         submitted = [pool.submit(fn, study.profile, study.root, *args, threads) for args in argsets]
         for job in submitted:
             job.result()  # a job that raised stops here with its error
-    finally:
-        if cluster is None:
-            pool.shutdown(cancel_futures=True)
 
 
 def _execute(name: str, root: Path, out_dir: Path, params: dict[str, Any], force: bool,

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import nbformat
@@ -266,10 +267,7 @@ def test_jobs_run_the_unfinished_searches_side_by_side(tmp_path: Path, monkeypat
             self.calls.append((fn.__name__, *args))
             return type("Done", (), {"result": lambda _: None})()
 
-        def shutdown(self, **kwargs) -> None:
-            pass
-
-    monkeypatch.setattr(grid, "executor", lambda jobs, cluster, folder, slurm: Inline(jobs))
+    monkeypatch.setattr(grid, "lanes", lambda jobs, cluster, folder, slurm: nullcontext(Inline(jobs)))
     monkeypatch.setattr(grid, "run_grid", lambda *a, **k: (_ for _ in ()).throw(_Stop()))
     monkeypatch.setattr(grid, "main_grid", lambda *a, **k: [])
     with pytest.raises(_Stop):
@@ -304,10 +302,7 @@ def test_jobs_compute_the_audits_in_lanes_after_the_grid(monkeypatch: pytest.Mon
             calls.append(args)
             return type("Done", (), {"result": lambda _: None})()
 
-        def shutdown(self, **kwargs) -> None:
-            pass
-
-    monkeypatch.setattr(grid, "executor", lambda jobs, cluster, folder, slurm: Inline())
+    monkeypatch.setattr(grid, "lanes", lambda jobs, cluster, folder, slurm: nullcontext(Inline()))
     monkeypatch.setattr(reproduce_module, "_execute", lambda *a, **k: (_ for _ in ()).throw(_Stop()))
     with pytest.raises(_Stop):
         reproduce("smoke", root=REPO, only=["05_robustness_audit"], jobs=2)
