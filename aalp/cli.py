@@ -118,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--force", action="store_true", help="execute even unchanged notebooks")
     reproduce.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
                            help="use these seeds instead of the profile's (in the notebooks that take seeds)")
-    _engine(reproduce, "first train and evaluate the main table's units in N worker processes (default: 1, "
-                       "the notebooks train what they need one unit at a time)")
+    _engine(reproduce, "first compute in N worker processes what the notebooks would compute one model at a "
+                       "time: the unfinished searches, then the main table's and the ablation's models, then "
+                       "the audits (default: 1, the notebooks compute it themselves)")
     grid = commands.add_parser(
         "grid", help="train and evaluate the main table's units in parallel lanes or as cluster jobs",
         description="Train and evaluate every dataset × method × seed of a profile's main table that is not "
