@@ -79,6 +79,11 @@ _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images
 _TOOL_TIMEOUT_S = 600
 
 
+def title(dataset: str) -> str:
+    """A dataset's name as the book writes it (``fashion-mnist`` → ``Fashion-MNIST``)."""
+    return _TITLES.get(dataset, dataset)
+
+
 @dataclass
 class ArrayDataset:
     """Images ``uint8 (N, C, H, W)`` and labels ``int64 (N,)`` on one device."""

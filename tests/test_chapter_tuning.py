@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from aalp.chapters.tuning import Tuning, lam_position, modules, plot_lam
+from aalp.chapters.tuning import Tuning, lam_position, modules, plot_lam, reconstruction
 from aalp.search import LAM
 from aalp.methods import AALP
 
@@ -49,6 +49,23 @@ def test_the_modules_the_selected_aalp_keeps_in_words() -> None:
     assert modules(AALP(weighting="one")).endswith("no sample weighting")
     assert "more pairing on the samples it gets wrong" in modules(AALP(weighting="p_wrong"))
     assert modules(AALP(gd_direction="high")).startswith("Guided Dropout on (dropping high-contribution features)")
+
+
+def test_what_the_selections_say_about_the_reconstruction_needs_every_dataset_to_agree() -> None:
+    default = AALP()  # Guided Dropout on, w = p_y(x′): less pairing on the samples it gets wrong
+    agree = reconstruction({"mnist": AALP(weighting="exp"), "fashion-mnist": AALP(weighting="correct")}, default)
+    assert agree.startswith("Every search kept Guided Dropout, and every search chose less pairing")
+    assert agree.endswith("every selection agrees with both of its designs.")
+    split = reconstruction({"mnist": AALP(guided_dropout=False, weighting="mart"),
+                            "fashion-mnist": AALP(guided_dropout=False, weighting="correct")}, default)
+    assert split.startswith("No search kept Guided Dropout, and the weighting's direction differs: more pairing "
+                            "on the samples the model gets wrong on MNIST; less pairing")
+    assert split.endswith("neither of its designs is chosen on every dataset.")
+    one = reconstruction({"mnist": AALP(weighting="one"), "fashion-mnist": AALP(guided_dropout=False)}, default)
+    assert one.startswith("Only the search on MNIST kept Guided Dropout") and "no sample weighting on MNIST" in one
+    assert one.endswith("neither of its designs is chosen on every dataset.")
+    assert reconstruction({"mnist": AALP(guided_dropout=False)}, default).endswith(
+        "only “less pairing on the samples the model gets wrong” is chosen on every dataset.")
 
 
 def test_lam_position_is_on_the_samplers_log_scale_and_the_plot_shows_every_trial() -> None:

@@ -23,13 +23,14 @@ import pandas as pd
 
 from .. import stats
 from ..contributions import concentration, model_contributions
+from ..data import title
 from ..experiments import Run, Study
 from ..figures import forest, palette
 from ..grid import Unit
 from ..parameters import check_parameters
 from ..publish import Fact, Phrase
 from .main_results import bits
-from .observation1 import PREDICTED, PRIMARY, predicts, side, title
+from .observation1 import PREDICTED, PRIMARY, predicts, side
 
 REFERENCE = "ALP"
 """Every variant is compared with this one."""

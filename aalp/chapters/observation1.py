@@ -28,6 +28,7 @@ import pandas as pd
 from .. import stats
 from ..config import ConfigError
 from ..contributions import channel_contribution, concentration, model_contributions
+from ..data import title
 from ..experiments import Study
 from ..figures import LABELS, METHOD_ORDER, forest, order, palette
 from ..parameters import check_parameters
@@ -350,12 +351,6 @@ def summarise(per_image: pd.DataFrame, models: pd.DataFrame, *, dataset: str, se
                 facts[f"obs1_predicts_{short}_{subset}_{d}"] = Phrase(predicts(c))
     return Observation1(dataset, seed, datasets, seeds, methods, n_images, fraction, k, per_image, models,
                         comparisons, correlations, facts)
-
-
-def title(dataset: str) -> str:
-    """A dataset's name as the book writes it (``fashion-mnist`` → ``Fashion-MNIST``)."""
-    names = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "svhn": "SVHN"}
-    return names.get(dataset, dataset)
 
 
 # ----------------------------------------------------------------------------------------------------

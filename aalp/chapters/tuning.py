@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
 
 from ..arms import SEARCH_METHODS
 from ..config import to_dict
+from ..data import title
 from ..experiments import Study
 from ..figures import LABELS, palette
 from ..methods import AALP
@@ -125,10 +127,61 @@ def modules(method: AALP) -> str:
     if method.weighting == "one":
         sw = "no sample weighting"
     else:
-        direction = "less" if method.weighting in _LESS_ON_WRONG else "more"
-        sw = (f"sample weighting {WEIGHT_FORMULAS[method.weighting]} ({direction} pairing on the samples it "
+        sw = (f"sample weighting {WEIGHT_FORMULAS[method.weighting]} ({_direction(method)} pairing on the samples it "
               f"gets wrong under attack{', normalised to batch mean 1' if method.weight_normalize else ''})")
     return f"{gd}, {sw}"
+
+
+def _direction(method: AALP) -> str:
+    """The sample weighting's direction: ``"none"`` (every weight one), ``"less"`` or ``"more"`` pairing
+    on the samples the model gets wrong under attack."""
+    if method.weighting == "one":
+        return "none"
+    return "less" if method.weighting in _LESS_ON_WRONG else "more"
+
+
+_DIRECTION_WORDS = {"none": "no sample weighting", "less": "less pairing on the samples the model gets wrong",
+                    "more": "more pairing on the samples the model gets wrong"}
+
+
+def _names(datasets: list[str]) -> str:
+    """``["mnist", "fashion-mnist"]`` → ``"MNIST and Fashion-MNIST"``."""
+    return " and ".join(title(d) for d in datasets)
+
+
+def reconstruction(selected: Mapping[str, AALP], default: AALP) -> str:
+    """What the searches' selections (dataset → selected AALP) say about our default reconstruction
+    ``default``, in words: whether every search kept Guided Dropout, whether the sample weighting kept one
+    direction on every dataset, and which of the default's two designs every dataset's search chose. One
+    search is one draw, so agreement is weak evidence and disagreement says that the data do not pin
+    the design down."""
+    if not selected:
+        raise ValueError("reconstruction needs at least one dataset's selected AALP")
+    every = "every search" if len(selected) > 1 else "the search"
+    kept = [d for d, m in selected.items() if m.guided_dropout]
+    if len(kept) == len(selected):
+        gd = f"{every} kept Guided Dropout"
+    elif not kept:
+        gd = "no search kept Guided Dropout" if len(selected) > 1 else "the search switched Guided Dropout off"
+    else:
+        gd = f"only the search on {_names(kept)} kept Guided Dropout"
+    by_direction: dict[str, list[str]] = {}
+    for d, m in selected.items():
+        by_direction.setdefault(_direction(m), []).append(d)
+    if len(by_direction) == 1:
+        sw = f"{every} chose {_DIRECTION_WORDS[next(iter(by_direction))]}"
+    else:
+        sw = "the weighting's direction differs: " + "; ".join(f"{_DIRECTION_WORDS[k]} on {_names(v)}"
+                                                             for k, v in by_direction.items())
+    ours = [("Guided Dropout on" if default.guided_dropout else "Guided Dropout off",
+             all(m.guided_dropout == default.guided_dropout for m in selected.values())),
+            (_DIRECTION_WORDS[_direction(default)], all(_direction(m) == _direction(default) for m in selected.values()))]
+    chosen = [what for what, agrees in ours if agrees]
+    verdict = ("every selection agrees with both of its designs" if len(chosen) == 2 else
+               f"only “{chosen[0]}” is chosen on every dataset" if chosen else
+               "neither of its designs is chosen on every dataset")
+    return (f"{gd[0].upper() + gd[1:]}, and {sw}. Of our default reconstruction "
+            f"({'; '.join(what for what, _ in ours)}), {verdict}.")
 
 
 def lam_position(lam: float) -> float:
@@ -172,6 +225,10 @@ def compute(study: Study, datasets: list[str] | None = None) -> Tuning:
             if m == "aalp":
                 facts[f"{key}_modules"] = Phrase(modules(study.config(d, m, overrides=best["overrides"]).train.method)
                                                  if best else "no complete trial")
+    selected = {d: study.config(d, "aalp", overrides=records[d]["aalp"]["best"]["overrides"]).train.method
+                for d in datasets if records[d]["aalp"]["best"]}
+    facts["tune_reconstruction"] = Phrase(reconstruction(selected, study.config(datasets[0], "aalp").train.method)
+                                          if selected else "no search has a complete AALP trial")
     return Tuning(datasets, records, defaults, facts)
 
 
