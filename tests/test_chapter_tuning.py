@@ -44,10 +44,10 @@ def test_selected_configuration_beside_its_default_and_every_trial_listed() -> N
 def test_the_modules_the_selected_aalp_keeps_in_words() -> None:
     assert modules(AALP(guided_dropout=False, weighting="one", weight_normalize=True)) == "neither module (its loss is ALP's)"
     assert modules(AALP(guided_dropout=False, weighting="correct", weight_normalize=True)) == (
-        "Guided Dropout off, sample weighting w = 1[x′ classified correctly] (less pairing on the samples it "
-        "gets wrong under attack, normalised to batch mean 1)")
+        "Guided Dropout off, sample weighting w = 1[x′ classified correctly] (less pairing on the samples the "
+        "model gets wrong under attack, normalised to batch mean 1)")
     assert modules(AALP(weighting="one")).endswith("no sample weighting")
-    assert "more pairing on the samples it gets wrong" in modules(AALP(weighting="p_wrong"))
+    assert "more pairing on the samples the model gets wrong under attack" in modules(AALP(weighting="p_wrong"))
     assert modules(AALP(gd_direction="high")).startswith("Guided Dropout on (dropping high-contribution features)")
 
 
@@ -59,13 +59,13 @@ def test_what_the_selections_say_about_the_reconstruction_needs_every_dataset_to
     split = reconstruction({"mnist": AALP(guided_dropout=False, weighting="mart"),
                             "fashion-mnist": AALP(guided_dropout=False, weighting="correct")}, default)
     assert split.startswith("No search kept Guided Dropout, and the weighting's direction differs: more pairing "
-                            "on the samples the model gets wrong on MNIST; less pairing")
+                            "on the samples the model gets wrong under attack on MNIST; less pairing")
     assert split.endswith("neither of its designs is chosen on every dataset.")
     one = reconstruction({"mnist": AALP(weighting="one"), "fashion-mnist": AALP(guided_dropout=False)}, default)
     assert one.startswith("Only the search on MNIST kept Guided Dropout") and "no sample weighting on MNIST" in one
     assert one.endswith("neither of its designs is chosen on every dataset.")
     assert reconstruction({"mnist": AALP(guided_dropout=False)}, default).endswith(
-        "only “less pairing on the samples the model gets wrong” is chosen on every dataset.")
+        "only “less pairing on the samples the model gets wrong under attack” is chosen on every dataset.")
 
 
 def test_lam_position_is_on_the_samplers_log_scale_and_the_plot_shows_every_trial() -> None:

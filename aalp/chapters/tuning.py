@@ -11,8 +11,8 @@ retrained on the comparison seeds (:mod:`aalp.arms`, chapter 3).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -124,12 +124,11 @@ def modules(method: AALP) -> str:
         return "neither module (its loss is ALP's)"
     gd = (f"Guided Dropout on (dropping {method.gd_direction}-contribution features)" if method.guided_dropout
           else "Guided Dropout off")
-    if method.weighting == "one":
-        sw = "no sample weighting"
-    else:
-        sw = (f"sample weighting {WEIGHT_FORMULAS[method.weighting]} ({_direction(method)} pairing on the samples it "
-              f"gets wrong under attack{', normalised to batch mean 1' if method.weight_normalize else ''})")
-    return f"{gd}, {sw}"
+    words = _DIRECTION_WORDS[_direction(method)]
+    if method.weighting != "one":
+        words = (f"sample weighting {WEIGHT_FORMULAS[method.weighting]} ({words}"
+                 f"{', normalised to batch mean 1' if method.weight_normalize else ''})")
+    return f"{gd}, {words}"
 
 
 def _direction(method: AALP) -> str:
@@ -140,8 +139,11 @@ def _direction(method: AALP) -> str:
     return "less" if method.weighting in _LESS_ON_WRONG else "more"
 
 
-_DIRECTION_WORDS = {"none": "no sample weighting", "less": "less pairing on the samples the model gets wrong",
-                    "more": "more pairing on the samples the model gets wrong"}
+_DIRECTION_WORDS = {"none": "no sample weighting",
+                    "less": "less pairing on the samples the model gets wrong under attack",
+                    "more": "more pairing on the samples the model gets wrong under attack"}
+"""Each direction of :func:`_direction` in words, the one phrasing :func:`modules` and
+:func:`reconstruction` share."""
 
 
 def _names(datasets: list[str]) -> str:
@@ -208,6 +210,7 @@ def compute(study: Study, datasets: list[str] | None = None) -> Tuning:
                               "tune_run_seed": settings.search_run_seed, "tune_tpe_startup": TPE_STARTUP,
                               "tune_val_images": records[datasets[0]][SEARCH_METHODS[0]]["val_images"],
                               "tune_epochs_per_run": records[datasets[0]][SEARCH_METHODS[0]]["epochs"]}
+    selected: dict[str, AALP] = {}  # dataset → the AALP its search selected, where one trial completed
     for d in datasets:
         for m, record in records[d].items():
             states = [t["state"] for t in record["trials"]]
@@ -223,10 +226,9 @@ def compute(study: Study, datasets: list[str] | None = None) -> Tuning:
                        None) if best else None
             facts[f"{key}_lam_position"] = lam_position(lam) if lam is not None else float("nan")
             if m == "aalp":
-                facts[f"{key}_modules"] = Phrase(modules(study.config(d, m, overrides=best["overrides"]).train.method)
-                                                 if best else "no complete trial")
-    selected = {d: study.config(d, "aalp", overrides=records[d]["aalp"]["best"]["overrides"]).train.method
-                for d in datasets if records[d]["aalp"]["best"]}
+                if best:
+                    selected[d] = study.config(d, m, overrides=best["overrides"]).train.method
+                facts[f"{key}_modules"] = Phrase(modules(selected[d]) if best else "no complete trial")
     facts["tune_reconstruction"] = Phrase(reconstruction(selected, study.config(datasets[0], "aalp").train.method)
                                           if selected else "no search has a complete AALP trial")
     return Tuning(datasets, records, defaults, facts)
