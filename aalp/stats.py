@@ -198,7 +198,8 @@ def verdict(diff: Mapping[str, Any], names: tuple[str, str] = ("AALP", "ALP")) -
 
     "A better than B" only when the crossed interval and (with ≥ 2 seeds) the t-interval both lie above
     0; "A worse than B" when both lie below; otherwise "A and B not distinguishable; gains above X points
-    are excluded", X = 100 · ``ceiling`` with one decimal.
+    are excluded", X = 100 · ``ceiling`` with one decimal, saying which interval alone excludes 0 when the
+    two disagree (so that a reader sees why an interval off 0 is not a verdict).
     """
     first, second = names
     pct = 100 * diff["estimate"]
@@ -211,8 +212,23 @@ def verdict(diff: Mapping[str, Any], names: tuple[str, str] = ("AALP", "ALP")) -
         return f"{first} better than {second} ({detail})."
     if sign < 0:
         return f"{first} worse than {second} ({detail})."
-    return (f"{first} and {second} not distinguishable ({detail}); gains above "
+    return (f"{first} and {second} not distinguishable ({detail}{_split(diff)}); gains above "
             f"{100 * diff['ceiling']:.1f} points are excluded.")
+
+
+def _split(diff: Mapping[str, Any]) -> str:
+    """When exactly one of the crossed and t-intervals excludes 0: which one, and on which side ('' otherwise)."""
+    if diff.get("seeds", 1) < 2 or math.isnan(diff.get("t_low", math.nan)):
+        return ""
+    sides = {name: ("above" if low > 0 else "below" if high < 0 else None)
+             for name, (low, high) in {"the 95 % interval": (diff["low"], diff["high"]),
+                                       "the t-interval": (diff["t_low"], diff["t_high"])}.items()}
+    off = [(name, side) for name, side in sides.items() if side]
+    if len(off) != 1:
+        return ""
+    (name, side), = off
+    other = next(n for n in sides if n != name)
+    return f"; {name} lies {side} 0, {other} does not"
 
 
 def best_method(bits: Mapping[str, Any], *, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:

@@ -164,6 +164,10 @@ def test_verdict_sentences() -> None:
     assert verdict(_diff(-0.03, -0.01, -0.04, -0.002), names=("A", "B")).startswith("A worse than B")
     tie = verdict(_diff(0.002, 0.02, -0.006, 0.0234))  # crossed excludes 0, the t-interval does not
     assert tie.startswith("AALP and ALP not distinguishable") and tie.endswith("gains above 2.3 points are excluded.")
+    assert "the 95 % interval lies above 0, the t-interval does not" in tie  # why an interval off 0 is no verdict
+    below = verdict(_diff(-0.02, -0.002, -0.03, 0.001))
+    assert "the 95 % interval lies below 0, the t-interval does not)" in below
+    assert "lies" not in verdict(_diff(-0.01, 0.012, -0.005, 0.01))  # both cross 0: nothing to explain
     assert "not distinguishable" in verdict(_diff(-0.01, 0.012, -0.005, 0.01))
     assert verdict(_diff(0.01, 0.03, math.nan, math.nan, seeds=1)).startswith("AALP better")  # one seed: crossed only
     assert "\n" not in tie
