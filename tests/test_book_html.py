@@ -141,7 +141,7 @@ def test_intro_opens_with_the_summary_and_its_figure() -> None:
     assert 'alt="' in figure.group(0) and 'alt=""' not in figure.group(0), "the intro figure has no alt text"
     assert (HTML / figure.group(1)).resolve().exists(), f"{figure.group(1)} is not a file"
     before = re.sub(r"<[^>]+>", "", body[: figure.start()])
-    assert "AALP against ALP" in before and re.search(r"[+-−]\d+\.\d%", before), \
+    assert "AALP against ALP" in before and re.search(r"[+-−]\d+\.\d( points|%)", before), \
         "the summary with its glued difference does not come before the figure"
 
 
