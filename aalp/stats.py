@@ -180,17 +180,26 @@ def paired_difference(a: Any, b: Any, *, level: float = 0.95, n_boot: int = 2000
             "images": d.shape[1], "level": level}
 
 
+def _intervals(diff: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """The intervals of ``diff`` that count for a verdict, by their name in its sentence: the crossed one,
+    and the t-interval only with ≥ 2 seeds."""
+    intervals = {"the 95 % interval": (diff["low"], diff["high"])}
+    if diff.get("seeds", 1) >= 2 and not math.isnan(diff.get("t_low", math.nan)):
+        intervals["the t-interval"] = (diff["t_low"], diff["t_high"])
+    return intervals
+
+
+def _side(interval: tuple[float, float]) -> int:
+    """+1 when ``interval`` lies above 0, −1 when below, 0 when it contains 0."""
+    low, high = interval
+    return 1 if low > 0 else -1 if high < 0 else 0
+
+
 def _sign(diff: Mapping[str, Any]) -> int:
     """+1 when every interval of ``diff`` lies above 0 (the t-interval only counts with ≥ 2 seeds),
     −1 when every one lies below, 0 otherwise: the one rule for 'A better / worse than B'."""
-    intervals = [(diff["low"], diff["high"])]
-    if diff.get("seeds", 1) >= 2 and not math.isnan(diff.get("t_low", math.nan)):
-        intervals.append((diff["t_low"], diff["t_high"]))
-    if all(low > 0 for low, _ in intervals):
-        return 1
-    if all(high < 0 for _, high in intervals):
-        return -1
-    return 0
+    sides = {_side(interval) for interval in _intervals(diff).values()}
+    return sides.pop() if len(sides) == 1 else 0
 
 
 def verdict(diff: Mapping[str, Any], names: tuple[str, str] = ("AALP", "ALP")) -> str:
@@ -205,7 +214,7 @@ def verdict(diff: Mapping[str, Any], names: tuple[str, str] = ("AALP", "ALP")) -
     pct = 100 * diff["estimate"]
     level = f"{100 * diff.get('level', 0.95):g} %"
     detail = f"{pct:+.1f} points, {level} interval [{100 * diff['low']:+.1f}, {100 * diff['high']:+.1f}]"
-    if diff.get("seeds", 1) >= 2 and not math.isnan(diff.get("t_low", math.nan)):
+    if len(_intervals(diff)) > 1:
         detail += f", t over {diff['seeds']} seeds [{100 * diff['t_low']:+.1f}, {100 * diff['t_high']:+.1f}]"
     sign = _sign(diff)
     if sign > 0:
@@ -218,17 +227,13 @@ def verdict(diff: Mapping[str, Any], names: tuple[str, str] = ("AALP", "ALP")) -
 
 def _split(diff: Mapping[str, Any]) -> str:
     """When exactly one of the crossed and t-intervals excludes 0: which one, and on which side ('' otherwise)."""
-    if diff.get("seeds", 1) < 2 or math.isnan(diff.get("t_low", math.nan)):
+    sides = {name: _side(interval) for name, interval in _intervals(diff).items()}
+    off = [name for name, side in sides.items() if side]
+    if len(sides) < 2 or len(off) != 1:
         return ""
-    sides = {name: ("above" if low > 0 else "below" if high < 0 else None)
-             for name, (low, high) in {"the 95 % interval": (diff["low"], diff["high"]),
-                                       "the t-interval": (diff["t_low"], diff["t_high"])}.items()}
-    off = [(name, side) for name, side in sides.items() if side]
-    if len(off) != 1:
-        return ""
-    (name, side), = off
+    (name,) = off
     other = next(n for n in sides if n != name)
-    return f"; {name} lies {side} 0, {other} does not"
+    return f"; {name} lies {'above' if sides[name] > 0 else 'below'} 0, {other} does not"
 
 
 def best_method(bits: Mapping[str, Any], *, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
