@@ -12,16 +12,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import ConfigError, RunConfig, experiments, profile as profile_config
+from .config import ConfigError, experiments
 from .methods import METHODS
-from .search import SEARCH_METHODS, best_overrides
+from .selection import best_overrides
 
-__all__ = ["ARMS", "COMPARED", "PAIRS", "SEARCH_METHODS", "TUNED", "check_arm", "is_tuned", "method_of",
-           "overrides", "config", "search_overrides", "seeds"]
+__all__ = ["ARMS", "COMPARED", "LABELS", "ORDER", "PAIRS", "SEARCH_METHODS", "TUNED", "check_arm", "is_tuned",
+           "method_of", "overrides", "search_overrides", "seeds"]
 
 TUNED = "-tuned"
+SEARCH_METHODS: tuple[str, ...] = ("alp", "aalp")
+"""The methods :mod:`aalp.search` tunes: each has a tuned arm ``"<method>-tuned"``."""
+
 ARMS: tuple[str, ...] = (*METHODS, *(f"{m}{TUNED}" for m in SEARCH_METHODS))
 """Every arm name: the methods, then the tuned methods."""
+
+ORDER: tuple[str, ...] = (*(m for m in METHODS if m not in SEARCH_METHODS),
+                          *(a for m in SEARCH_METHODS for a in (m, f"{m}{TUNED}")))
+"""The order the book shows arms in: the baselines, then the logit-pairing pair the book is about, each at
+its settings and tuned."""
+
+LABELS: dict[str, str] = {a: METHODS[a.removesuffix(TUNED)].label + (" (tuned)" if a.endswith(TUNED) else "")
+                          for a in ARMS}
+"""How the book names each arm (:attr:`aalp.methods.Method.label`, "(tuned)" for a tuned arm)."""
 
 COMPARED: tuple[str, ...] = ("alp", "alp-tuned", "aalp", "aalp-tuned")
 """The arms of the AALP-against-ALP comparison, trained on the profile's ``comparison_seeds``; every other
@@ -72,7 +84,3 @@ def overrides(profile: str, dataset: str, arm: str, root: str | Path | None = No
     selected = best_overrides(profile, dataset, method_of(arm), root)
     return [o for o in selected if o.partition("=")[0].strip() != "seed"]
 
-
-def config(profile: str, dataset: str, arm: str, seed: int, root: str | Path | None = None) -> RunConfig:
-    """The configuration of ``arm`` on ``dataset`` at ``seed`` (a tuned arm reads its committed search)."""
-    return profile_config(profile, dataset, method_of(arm), [*overrides(profile, dataset, arm, root), f"seed={seed}"])

@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -19,10 +19,11 @@ import torch
 
 from . import faults
 from .checkpoint import CheckpointError, write_json
-from .config import EPS, ConfigError, RunConfig, check_profile, config_hash, profile, to_dict
+from .arms import ARMS
+from .config import EPS, ConfigError, check_profile, config_hash, to_dict
 from .data import DATASETS, DataError, fetch
-from .methods import METHODS
 from .models import MODELS
+from .unit import Unit
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,7 +35,7 @@ EPILOG = f"""
 profiles: smoke (CI-size pipeline check, ~1 min), cpu (full MNIST / Fashion-MNIST on a CPU),
           paper (published settings; CIFAR-10 / SVHN need a GPU)
 datasets (ε): {', '.join(f'{d} ({EPS[d]:.4g})' for d in DATASETS)}
-methods:  {', '.join(METHODS)}
+methods:  {', '.join(ARMS)} (a tuned arm is its committed search's selection)
 models:   {', '.join(MODELS)}
 
 --set takes key=value pairs for any field of the configuration, e.g.
@@ -189,20 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args: argparse.Namespace, method: str, seed: int | None) -> RunConfig:
-    overrides = list(args.overrides) + ([f"seed={seed}"] if seed is not None else [])
-    return profile(args.profile, args.dataset, method, overrides)
-
-
-def _check_names(args: argparse.Namespace) -> None:
+def _units(args: argparse.Namespace) -> list[Unit]:
+    """The units a config / train / evaluate / run command names (every name checked; nothing computed)."""
     methods = args.methods if hasattr(args, "methods") else [args.method]
-    for method in methods:
-        if method not in METHODS:
-            raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    check_profile(args.profile)
+    seeds = args.seeds if hasattr(args, "seeds") else [args.seed]
     if getattr(args, "processes", None) is not None and args.processes < 1:
         raise ConfigError(f"--processes must be an integer ≥ 1, got {args.processes}")
     _check_device(args.device)
+    units = [Unit(args.profile, args.dataset, m, s, tuple(args.overrides)) for m in methods for s in seeds]
+    for unit in units:
+        unit.config  # a bad --set value or dataset is refused here, before any compute
+    return units
 
 
 def _check_device(name: str) -> None:
@@ -225,110 +223,130 @@ def _summary_row(method: str, seed: int, results: dict) -> str:
     return f"{method:>8} seed {seed}  {cells}  worst {results['worst_case']['accuracy']:6.2%}"
 
 
+def _data(args: argparse.Namespace) -> int:
+    fetch(args.names, args.root)
+    return 0
+
+
+def _grid(args: argparse.Namespace) -> int:
+    from .grid import check, main_grid, run_grid
+    from .runs import ROOT, results_dir
+
+    check(args.profile, args.jobs, args.cluster)
+    units = main_grid(args.profile, seeds=args.seeds, datasets=args.datasets, methods=args.methods)
+    run_grid(units, runs_dir=args.runs_dir or results_dir(args.profile) / "runs",
+             data_dir=args.data_dir or ROOT / "data", jobs=args.jobs, cluster=args.cluster,
+             slurm=_slurm(args.slurm), progress=not args.quiet)
+    return 0
+
+
+def _evaluate_model(args: argparse.Namespace) -> int:
+    from .protocol import AUDITS, evaluate_model, load_model
+
+    _check_device(args.device)
+    check_profile(args.profile)
+    if args.audit not in AUDITS:
+        raise ConfigError(f"--audit must be one of {', '.join(AUDITS)}, got {args.audit!r}")
+    if args.out is not None and not Path(args.out).resolve().parent.is_dir():
+        raise ConfigError(f"--out {args.out}: its directory does not exist")
+    model = load_model(args.arch, args.weights, args.dataset)
+    device = None if args.device == "auto" else args.device
+    if device is None and torch.cuda.is_available():
+        device = "cuda"
+    result = evaluate_model(model, args.dataset, profile=args.profile, audit=args.audit, device=device)
+    if args.out is not None:
+        write_json(Path(args.out), result)
+    print(result["summary"])
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from .search import search
+
+    _check_device(args.device)
+    search(args.profile, args.dataset, args.method, budget_epochs=args.budget_epochs, seed=args.seed,
+           overrides=args.overrides, runs_dir=args.runs_dir, data_dir=args.data_dir,
+           search_dir=args.search_dir, min_epochs=args.min_epochs,
+           reduction_factor=args.reduction_factor, val_images=args.val_images,
+           device=None if args.device == "auto" else args.device)
+    return 0
+
+
+def _notebooks(args: argparse.Namespace) -> int:
+    """``reproduce`` and ``book``: a failing notebook or book build exits with status 1."""
+    from .reproduce import NotebookFailed, build_book, default_book_profile, reproduce
+
+    try:
+        if args.command == "reproduce":
+            reproduce(args.profile, only=args.only, force=args.force, seeds=args.seeds,
+                      jobs=args.jobs, cluster=args.cluster, slurm=_slurm(args.slurm))
+        else:
+            build_book(args.profile or default_book_profile(), builder=args.builder)
+    except NotebookFailed as err:
+        print(f"aalp: error: {err}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as err:
+        print(f"aalp: error: the book build failed (exit {err.returncode}); see the messages above",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    cfg = _units(args)[0].config
+    print(json.dumps({"run_hash": config_hash(cfg.train), **to_dict(cfg)}, indent=2))
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    """``train``, ``evaluate`` and ``run``: each unit trained (resumed) and / or evaluated, each cached."""
+    from . import distributed
+    from .evaluate import evaluate_run
+    from .runs import is_trained, run_dir
+    from .train import train
+
+    units = _units(args)
+    if distributed.requested() and args.command != "train":
+        raise ConfigError(f"several processes (WORLD_SIZE={os.environ['WORLD_SIZE']}) are supported for "
+                          f"'train' only, not {args.command!r}")
+    processes = getattr(args, "processes", None) or distributed.requested_world_size()
+    if args.command == "train" and processes != distributed.requested_world_size():
+        raise ConfigError(f"--processes {processes} does not match the {distributed.requested_world_size()} "
+                          "process(es) this command runs in; start it with torchrun --nproc_per_node "
+                          f"{processes}, or leave --processes out")
+    rows = []
+    for unit in units:
+        cfg = unit.config
+        directory = run_dir(cfg.train, args.runs_dir, processes)
+        if args.command in ("train", "run"):
+            train(cfg.train, runs_root=args.runs_dir, data_root=args.data_dir, device=args.device,
+                  progress=not args.quiet)
+        elif not is_trained(cfg.train, args.runs_dir, processes):
+            raise ConfigError(f"{directory} is not trained yet; run 'python -m aalp train' with the "
+                              "same options first")
+        if args.command in ("evaluate", "run"):
+            results = evaluate_run(directory, cfg.eval, data_root=args.data_dir, device=args.device)
+            rows.append(_summary_row(unit.arm, cfg.train.seed, results))
+        if distributed.is_writer():
+            print(f"run directory: {directory}")
+    distributed.teardown()
+    if rows:
+        print("\n".join(["", f"{args.profile} profile, {args.dataset}, ε = {units[0].config.eval.eps:.4g}"] + rows))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "data": _data, "grid": _grid, "evaluate-model": _evaluate_model, "search": _search, "reproduce": _notebooks,
+    "book": _notebooks, "config": _config, "train": _runs, "evaluate": _runs, "run": _runs}
+"""What each command does, after its arguments are parsed."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         faults.armed()  # a malformed AALP_FAULT is refused before any compute
-        if args.command == "data":
-            fetch(args.names, args.root)
-            return 0
-        if args.command == "grid":
-            from .grid import check, main_grid, run_grid
-            from .runs import ROOT, results_dir
-
-            check(args.profile, args.jobs, args.cluster)
-            units = main_grid(args.profile, seeds=args.seeds, datasets=args.datasets, methods=args.methods)
-            run_grid(args.profile, units, runs_dir=args.runs_dir or results_dir(args.profile) / "runs",
-                     data_dir=args.data_dir or ROOT / "data", jobs=args.jobs, cluster=args.cluster,
-                     slurm=_slurm(args.slurm), progress=not args.quiet)
-            return 0
-        if args.command == "evaluate-model":
-            from .protocol import AUDITS, evaluate_model, load_model
-
-            _check_device(args.device)
-            check_profile(args.profile)
-            if args.audit not in AUDITS:
-                raise ConfigError(f"--audit must be one of {', '.join(AUDITS)}, got {args.audit!r}")
-            if args.out is not None and not Path(args.out).resolve().parent.is_dir():
-                raise ConfigError(f"--out {args.out}: its directory does not exist")
-            model = load_model(args.arch, args.weights, args.dataset)
-            device = None if args.device == "auto" else args.device
-            if device is None and torch.cuda.is_available():
-                device = "cuda"
-            result = evaluate_model(model, args.dataset, profile=args.profile, audit=args.audit, device=device)
-            if args.out is not None:
-                write_json(Path(args.out), result)
-            print(result["summary"])
-            return 0
-        if args.command == "search":
-            from .search import search
-
-            _check_device(args.device)
-            search(args.profile, args.dataset, args.method, budget_epochs=args.budget_epochs, seed=args.seed,
-                   overrides=args.overrides, runs_dir=args.runs_dir, data_dir=args.data_dir,
-                   search_dir=args.search_dir, min_epochs=args.min_epochs,
-                   reduction_factor=args.reduction_factor, val_images=args.val_images,
-                   device=None if args.device == "auto" else args.device)
-            return 0
-        if args.command in ("reproduce", "book"):
-            from .reproduce import NotebookFailed, build_book, default_book_profile, reproduce
-            try:
-                if args.command == "reproduce":
-                    reproduce(args.profile, only=args.only, force=args.force, seeds=args.seeds,
-                              jobs=args.jobs, cluster=args.cluster, slurm=_slurm(args.slurm))
-                else:
-                    build_book(args.profile or default_book_profile(), builder=args.builder)
-            except NotebookFailed as err:
-                print(f"aalp: error: {err}", file=sys.stderr)
-                return 1
-            except subprocess.CalledProcessError as err:
-                print(f"aalp: error: the book build failed (exit {err.returncode}); see the messages above",
-                      file=sys.stderr)
-                return 1
-            return 0
-        _check_names(args)
-        if args.command == "run":
-            configs = [(m, s, _config(args, m, s)) for m in args.methods for s in args.seeds]
-        else:
-            configs = [(args.method, args.seed, _config(args, args.method, args.seed))]
-        if args.command == "config":
-            cfg = configs[0][2]
-            print(json.dumps({"run_hash": config_hash(cfg.train), **to_dict(cfg)}, indent=2))
-            return 0
-        from . import distributed
-        from .evaluate import evaluate_run
-        from .train import train
-        from .runs import is_trained, run_dir
-
-        if distributed.requested() and args.command != "train":
-            raise ConfigError(f"several processes (WORLD_SIZE={os.environ['WORLD_SIZE']}) are supported for "
-                              f"'train' only, not {args.command!r}")
-
-        processes = getattr(args, "processes", None) or distributed.requested_world_size()
-        if args.command == "train" and processes != distributed.requested_world_size():
-            raise ConfigError(f"--processes {processes} does not match the {distributed.requested_world_size()} "
-                              "process(es) this command runs in; start it with torchrun --nproc_per_node "
-                              f"{processes}, or leave --processes out")
-        rows = []
-        for method, seed, cfg in configs:
-            directory = run_dir(cfg.train, args.runs_dir, processes)
-            if args.command in ("train", "run"):
-                train(cfg.train, runs_root=args.runs_dir, data_root=args.data_dir, device=args.device,
-                      progress=not args.quiet)
-            elif not is_trained(cfg.train, args.runs_dir, processes):
-                raise ConfigError(f"{directory} is not trained yet; run 'python -m aalp train' with the "
-                                  "same options first")
-            if args.command in ("evaluate", "run"):
-                results = evaluate_run(directory, cfg.eval, data_root=args.data_dir, device=args.device)
-                rows.append(_summary_row(method, cfg.train.seed, results))
-            if distributed.is_writer():
-                print(f"run directory: {directory}")
-        distributed.teardown()
-        if rows:
-            print("\n".join(["", f"{args.profile} profile, {args.dataset}, ε = {configs[0][2].eval.eps:.4g}"]
-                            + rows))
+        return COMMANDS[args.command](args)
     except (ConfigError, DataError, CheckpointError, ValueError, OSError) as err:
         message = "; ".join(line.strip(" -") for line in str(err).splitlines() if line.strip())
         print(f"aalp: error: {message}", file=sys.stderr)
         return 2
-    return 0

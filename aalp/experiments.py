@@ -21,14 +21,14 @@ import torch
 from . import arms
 from .audit import cached_audit
 from .checkpoint import atomic_write, write_json
-from .config import CACHE_VERSION, Experiments, RunConfig, experiments, profile as profile_config
+from .config import CACHE_VERSION, Experiments, RunConfig, experiments
 from .data import ArrayDataset, load_dataset, subset
 from .evaluate import autoattack_entry, evaluate_run, evaluation_set
 from .models import Classifier
 from .publish import Fact, as_json, publish
-from .runs import is_trained, load_run, read_history, results_dir, run_dir
-from .search import finished, record_path, search
+from .runs import ROOT, is_trained, load_run, read_history, results_dir, run_dir
 from .train import load_data, train
+from .unit import Unit
 
 
 @dataclass
@@ -77,16 +77,15 @@ class Run:
 
 @dataclass
 class Study:
-    """One profile's experiments, rooted at the repository ``root``."""
+    """One profile's experiments, rooted at the repository ``root`` (default: this package's)."""
 
     profile: str
-    root: Path
-    _tuned: dict[tuple[str, str], list[str]] = field(default_factory=dict, init=False, repr=False)
+    root: Path | str | None = None
     _train_images: dict[tuple[Any, int], ArrayDataset] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         experiments(self.profile)  # refuses an unknown profile
-        self.root = Path(self.root).resolve()
+        self.root = Path(self.root if self.root is not None else ROOT).resolve()
 
     @property
     def settings(self) -> Experiments:
@@ -101,41 +100,33 @@ class Study:
     def data_dir(self) -> Path:
         return self.root / "data"
 
-    def config(self, dataset: str, method: str, seed: int = 0, overrides: Sequence[str] = ()) -> RunConfig:
-        """The configuration of one run of this profile."""
-        return profile_config(self.profile, dataset, method, [*overrides, f"seed={seed}"])
+    def unit(self, dataset: str, arm: str, seed: int = 0, overrides: Sequence[str] = (),
+             label: str | None = None) -> Unit:
+        """The unit (:class:`aalp.unit.Unit`) of an arm of this profile, reading tuned arms under this
+        study's root."""
+        return Unit(self.profile, dataset, arm, seed, tuple(overrides), label, self.root)
 
     def tuned(self, dataset: str, method: str) -> list[str]:
-        """The configuration the declared search of ``method`` (alp | aalp) on ``dataset`` selected
-        (:func:`aalp.arms.overrides`); the search (``search_budget_epochs``, trials at ``search_run_seed``)
-        is run, or continued, first if its record is missing or has not spent its budget (read once per study)."""
-        if (dataset, method) not in self._tuned:
-            budget = self.settings.search_budget_epochs
-            if not finished(record_path(self.profile, dataset, method, self.root), budget):
-                search(self.profile, dataset, method, budget_epochs=budget,
-                       overrides=arms.search_overrides(self.profile), runs_dir=self.results_dir / "runs",
-                       data_dir=self.data_dir, search_dir=self.results_dir / "search")
-            self._tuned[dataset, method] = arms.overrides(self.profile, dataset, f"{method}{arms.TUNED}", self.root)
-        return list(self._tuned[dataset, method])
+        """The configuration the committed search of ``method`` (alp | aalp) on ``dataset`` selected
+        (:func:`aalp.arms.overrides`); only read: a missing search is a :class:`~aalp.config.ConfigError`
+        that names the command (``reproduce`` runs the declared searches before the notebooks)."""
+        return arms.overrides(self.profile, dataset, f"{method}{arms.TUNED}", self.root)
 
-    def run(self, dataset: str, method: str, seed: int = 0, overrides: Sequence[str] = (), *,
-            label: str | None = None, evaluate: bool = True) -> Run:
-        """The run of an arm (a method, or ``"<method>-tuned"``: :mod:`aalp.arms`) of this profile,
-        trained, and evaluated if ``evaluate``, when not cached; labelled with the arm's name by default."""
-        base = arms.method_of(method)
-        selected = self.tuned(dataset, base) if arms.is_tuned(method) else []
-        cfg = self.config(dataset, base, seed, [*selected, *overrides])
+    def run(self, unit: Unit, *, evaluate: bool = True) -> Run:
+        """The run of ``unit``, trained, and evaluated if ``evaluate``, when not cached; labelled with the
+        unit's name."""
+        cfg = unit.config
         runs_dir = self.results_dir / "runs"
         directory = run_dir(cfg.train, runs_dir)
         if not is_trained(cfg.train, runs_dir):
             train(cfg.train, runs_root=runs_dir, data_root=self.data_dir, progress=False)
         results = evaluate_run(directory, cfg.eval, data_root=self.data_dir) if evaluate else None
-        return Run(label or method, cfg, directory, results, seed, read_history(directory))
+        return Run(unit.name, cfg, directory, results, unit.seed, read_history(directory))
 
     def runs(self, datasets: Sequence[str], methods: Sequence[str],
              seeds: Sequence[int]) -> dict[str, dict[str, list[Run]]]:
-        """``runs[dataset][method]``: the runs of every seed, in order."""
-        return {d: {m: [self.run(d, m, s) for s in seeds] for m in methods} for d in datasets}
+        """``runs[dataset][arm]``: the runs of every seed, in order."""
+        return {d: {m: [self.run(self.unit(d, m, s)) for s in seeds] for m in methods} for d in datasets}
 
     def audit(self, run: Run, x: torch.Tensor, y: torch.Tensor, *, surrogate: Run | None = None,
               **kwargs: Any) -> dict[str, Any]:

@@ -9,12 +9,9 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-METHOD_ORDER = ("standard", "pgd-at", "trades", "mart", "alp", "alp-tuned", "aalp", "aalp-tuned")
-"""Baselines first, then the logit-pairing pair the book is about, each at its settings and tuned
-(:mod:`aalp.arms`)."""
+from .arms import LABELS, ORDER as METHOD_ORDER
 
-LABELS = {"standard": "Standard", "pgd-at": "PGD-AT", "trades": "TRADES", "mart": "MART", "alp": "ALP",
-          "alp-tuned": "ALP (tuned)", "aalp": "AALP", "aalp-tuned": "AALP (tuned)"}
+__all__ = ["LABELS", "METHOD_ORDER", "forest", "order", "palette", "setup"]
 
 _COLOURS = ("#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#a6500a", "#d62728", "#7a0f18")
 """Grey, then tab10; each tuned arm a darker shade of its method's colour."""

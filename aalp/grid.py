@@ -1,7 +1,7 @@
 """Run a grid of independent units in parallel: worker processes on this machine, or jobs on a cluster.
 
-A *unit* is one configuration of a profile (dataset, method, seed, overrides), trained and evaluated into
-the profile's run cache. Units share nothing but that cache, whose per-run file locks
+A *unit* (:class:`aalp.unit.Unit`) is one configuration of a profile, trained and evaluated into the
+profile's run cache. Units share nothing but that cache, whose per-run file locks
 (:func:`aalp.checkpoint.file_lock`) make sure no unit is trained or evaluated twice, whichever process or
 machine asks first; a killed unit resumes from its last finished epoch. So a grid can be killed at any point
 and run again, and it continues.
@@ -27,62 +27,50 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from functools import cache
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .arms import ARMS, method_of, overrides, seeds as arm_seeds
-from .config import ConfigError, RunConfig, check_profile, experiments, profile as profile_config
+from .arms import ARMS, COMPARED, seeds as arm_seeds
+from .config import ConfigError, RunConfig, check_profile, experiments
 from .evaluate import evaluate_run
 from .parameters import check_parameters
 from .runs import eval_path, is_trained, run_dir
 from .train import train
+from .unit import Unit
 
 CLUSTERS = ("local", "slurm")
 
 
-@dataclass(frozen=True)
-class Unit:
-    """One model of a profile: ``profile(dataset, method_of(arm), overrides + [seed=seed])``; a tuned arm's
-    ``overrides`` are its search's selection (:func:`aalp.arms.overrides`)."""
-
-    dataset: str
-    arm: str
-    seed: int
-    overrides: tuple[str, ...] = ()
-
-    @property
-    def method(self) -> str:
-        """The registry method the arm trains."""
-        return method_of(self.arm)
-
-    @cache  # the grid asks for it at every step of a unit; it is a pure function of the unit and the profile
-    def config(self, profile: str) -> RunConfig:
-        """The unit's run configuration in ``profile``."""
-        return profile_config(profile, self.dataset, self.method, [*self.overrides, f"seed={self.seed}"])
-
-    def __str__(self) -> str:
-        return " ".join([self.arm, self.dataset, f"seed {self.seed}", *self.overrides])
-
-
 def main_grid(profile: str, *, seeds: Sequence[int] | None = None, datasets: Sequence[str] | None = None,
-              methods: Sequence[str] | None = None, root: str | Path | None = None) -> list[Unit]:
+              methods: Sequence[str] | None = None, root: str | Path | None = None,
+              comparison_seeds: Sequence[int] | None = None) -> list[Unit]:
     """The units of ``profile``'s main table: every dataset × arm × seed.
 
     ``methods`` are arms (:data:`aalp.arms.ARMS`, all by default); a tuned arm takes its overrides from the
     committed search under ``root`` (the repository by default; :class:`ConfigError` if there is none yet:
-    run the search first). Each arm's seeds are :func:`aalp.arms.seeds` unless ``seeds`` is given."""
+    run the search first). Each arm's seeds are :func:`aalp.arms.seeds`, unless ``seeds`` (every arm's) or
+    ``comparison_seeds`` (the compared arms', :data:`aalp.arms.COMPARED`; before ``seeds``) is given. This
+    is the only list of the main table: the main-results chapter and the zoo take it from here."""
     check(profile)
     defaults = experiments(profile)
     datasets = list(defaults.datasets if datasets is None else datasets)
     methods = list(ARMS if methods is None else methods)
-    check_parameters(seeds=None if seeds is None else list(seeds), datasets=datasets, methods=methods)
-    return [Unit(d, m, s, tuple(overrides(profile, d, m, root)))
-            for d in datasets for m in methods for s in (seeds if seeds is not None else arm_seeds(profile, m))]
+    check_parameters(seeds=None if seeds is None else list(seeds), datasets=datasets, methods=methods,
+                     comparison_seeds=None if comparison_seeds is None else list(comparison_seeds))
+
+    def seeds_of(arm: str) -> Sequence[int]:
+        if comparison_seeds is not None and arm in COMPARED:
+            return comparison_seeds
+        return seeds if seeds is not None else arm_seeds(profile, arm)
+
+    units = [Unit(profile, d, m, s, root=None if root is None else Path(root))
+             for d in datasets for m in methods for s in seeds_of(m)]
+    for unit in units:
+        unit.config  # a tuned arm without a committed search is refused here, before any compute
+    return units
 
 
 def check(profile: str, jobs: int = 1, cluster: str | None = None) -> None:
@@ -94,27 +82,27 @@ def check(profile: str, jobs: int = 1, cluster: str | None = None) -> None:
         raise ConfigError(f"unknown cluster {cluster!r}; choose one of {', '.join(CLUSTERS)}")
 
 
-def is_done(profile: str, unit: Unit, runs_dir: Path) -> bool:
+def is_done(unit: Unit, runs_dir: Path) -> bool:
     """Whether ``unit`` is trained and evaluated in ``runs_dir`` (nothing left to compute)."""
-    cfg = unit.config(profile)
+    cfg = unit.config
     return is_trained(cfg.train, runs_dir) and eval_path(run_dir(cfg.train, runs_dir), cfg.eval).exists()
 
 
-def run_unit(profile: str, unit: Unit, runs_dir: str | Path, data_dir: str | Path,
+def run_unit(unit: Unit, runs_dir: str | Path, data_dir: str | Path,
              threads: int | None = None) -> dict[str, Any]:
     """Train ``unit`` (with its configuration's thread count) and evaluate it with ``threads`` torch
     threads, each only if not cached; return a
     summary: the run hash, clean and worst-case accuracy, and the per-image worst-case bits."""
     if threads is not None:
         torch.set_num_threads(threads)
-    train(unit.config(profile).train, runs_root=runs_dir, data_root=data_dir, progress=False, log=_silent)
-    return summary(profile, unit, runs_dir, data_dir)
+    train(unit.config.train, runs_root=runs_dir, data_root=data_dir, progress=False, log=_silent)
+    return summary(unit, runs_dir, data_dir)
 
 
-def summary(profile: str, unit: Unit, runs_dir: str | Path, data_dir: str | Path) -> dict[str, Any]:
+def summary(unit: Unit, runs_dir: str | Path, data_dir: str | Path) -> dict[str, Any]:
     """The run hash, clean and worst-case accuracy and per-image worst-case bits of a trained ``unit``
     (evaluated first if its evaluation is not cached)."""
-    cfg = unit.config(profile)
+    cfg = unit.config
     directory = run_dir(cfg.train, runs_dir)
     results = evaluate_run(directory, cfg.eval, data_root=data_dir, log=_silent)
     return {"unit": str(unit), "run": directory.name, "clean": results["attacks"]["clean"]["accuracy"],
@@ -159,7 +147,7 @@ def lanes(jobs: int, cluster: str | None, folder: Path, slurm: dict[str, Any] | 
     yield executor
 
 
-def run_grid(profile: str, units: Sequence[Unit], *, runs_dir: str | Path, data_dir: str | Path = "data",
+def run_grid(units: Sequence[Unit], *, runs_dir: str | Path, data_dir: str | Path = "data",
              jobs: int = 1, cluster: str | None = None, threads: int | None = None,
              cluster_folder: str | Path | None = None, slurm: dict[str, Any] | None = None,
              progress: bool = True, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
@@ -174,25 +162,29 @@ def run_grid(profile: str, units: Sequence[Unit], *, runs_dir: str | Path, data_
         cluster_folder: where submitit keeps job scripts and logs (default: ``<runs_dir>/../submitit``).
         slurm: extra submitit parameters, e.g. ``{"slurm_partition": "cpu", "cpus_per_task": 4}``.
     """
+    profiles = sorted({u.profile for u in units})
+    if len(profiles) > 1:
+        raise ConfigError(f"a grid runs the units of one profile, got {', '.join(profiles)}")
+    profile = profiles[0] if profiles else "smoke"
     check(profile, jobs, cluster)
     runs_dir, data_dir = Path(runs_dir), Path(data_dir)
     # every configuration is valid before anything runs; units that are one model (a tuned arm and the
     # ablation's variant of the same configuration) are trained once
     first: dict[RunConfig, Unit] = {}
     for unit in units:
-        first.setdefault(unit.config(profile), unit)
+        first.setdefault(unit.config, unit)
     unique = list(first.values())
     threads = lane_threads(jobs, cluster, threads)
     write = log or (lambda message: print(message, file=sys.stderr, flush=True))
-    todo = [u for u in unique if not is_done(profile, u, runs_dir)]
+    todo = [u for u in unique if not is_done(u, runs_dir)]
     write(f"grid {profile}: {len(unique)} units, {len(unique) - len(todo)} done, {len(todo)} to run "
           + (f"in {jobs} lane(s) × {threads} thread(s)" if cluster is None else f"as {cluster} jobs"))
     if todo:
         folder = Path(cluster_folder) if cluster_folder else runs_dir.parent / "submitit"
         with lanes(jobs, cluster, folder, slurm) as pool:
-            _wait(pool, todo, len(unique), profile, runs_dir, data_dir, threads, progress, write,
+            _wait(pool, todo, len(unique), runs_dir, data_dir, threads, progress, write,
                   workers=jobs if cluster is None else None)
-    return [summary(profile, u, runs_dir, data_dir) for u in units]  # all evaluated now: reads only
+    return [summary(u, runs_dir, data_dir) for u in units]  # all evaluated now: reads only
 
 
 def _running(job: Any) -> bool:
@@ -200,14 +192,14 @@ def _running(job: Any) -> bool:
     return job.running() if hasattr(job, "running") else getattr(job, "state", "") == "RUNNING"
 
 
-def _wait(executor: Any, todo: list[Unit], total: int, profile: str, runs_dir: Path, data_dir: Path,
+def _wait(executor: Any, todo: list[Unit], total: int, runs_dir: Path, data_dir: Path,
           threads: int | None, progress: bool, write: Callable[[str], None], workers: int | None = None) -> None:
     """Submit ``todo`` and show done / running / left with an ETA until every unit finished. ``workers``: the
     worker processes of a local pool, which marks as running the units queued to its workers too."""
     from tqdm import tqdm
 
     started = time.monotonic()
-    pending = {executor.submit(run_unit, profile, u, runs_dir, data_dir, threads): u for u in todo}
+    pending = {executor.submit(run_unit, u, runs_dir, data_dir, threads): u for u in todo}
     interactive = sys.stderr.isatty()  # in a log file, the bar is redrawn at most once a minute
     bar = tqdm(total=total, initial=total - len(todo), desc="units", unit="unit", disable=not progress,
                file=sys.stderr, mininterval=0.1 if interactive else 60)

@@ -53,6 +53,8 @@ class Method:
     """Base class: subclasses set ``name`` and implement ``__call__``."""
 
     name: ClassVar[str]
+    label: ClassVar[str]
+    """How the book names the method."""
 
     def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGD,
                  epoch: int) -> MethodOutput:
@@ -64,6 +66,7 @@ class Standard(Method):
     """Clean training: ``L = mean_i CE(z(x_i), y_i)``."""
 
     name: ClassVar[str] = "standard"
+    label: ClassVar[str] = "Standard"
 
     def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGD,
                  epoch: int) -> MethodOutput:
@@ -77,6 +80,7 @@ class PGDAT(Method):
     """Madry et al. 2018 (arXiv 1706.06083): ``L = mean_i CE(z(x'_i), y_i)``, ``x' = PGD(x)``."""
 
     name: ClassVar[str] = "pgd-at"
+    label: ClassVar[str] = "PGD-AT"
 
     def __call__(self, model: Classifier, x: Tensor, y: Tensor, attack: PGD,
                  epoch: int) -> MethodOutput:
@@ -119,6 +123,7 @@ class ALP(Method):
     """
 
     name: ClassVar[str] = "alp"
+    label: ClassVar[str] = "ALP"
     lam: float = 0.5
 
     def __post_init__(self) -> None:
@@ -142,6 +147,7 @@ class TRADES(Method):
     """
 
     name: ClassVar[str] = "trades"
+    label: ClassVar[str] = "TRADES"
     beta: float = 6.0
 
     def __post_init__(self) -> None:
@@ -173,6 +179,7 @@ class MART(Method):
     """
 
     name: ClassVar[str] = "mart"
+    label: ClassVar[str] = "MART"
     beta: float = 6.0
 
     def __post_init__(self) -> None:
@@ -269,6 +276,7 @@ class AALP(Method):
     """
 
     name: ClassVar[str] = "aalp"
+    label: ClassVar[str] = "AALP"
     lam: float = 0.5
     guided_dropout: bool = True
     gd_direction: Direction = "low"

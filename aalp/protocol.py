@@ -25,11 +25,12 @@ import torch
 from torch import nn
 
 from .audit import audit as run_audit, final_worst_case
-from .config import ConfigError, experiments, profile as profile_config
+from .config import ConfigError, experiments
 from .data import DATASETS, DataError
 from .evaluate import autoattack_entry, evaluation_set, robustness
 from .models import MODELS, Classifier, build_model
 from .runs import ROOT
+from .unit import Unit
 
 AUDITS = ("none", "cheap", "full")
 
@@ -104,7 +105,7 @@ def evaluate_model(model: nn.Module, dataset: str, *, profile: str = "cpu", audi
         ConfigError: a bad argument, or a model whose output is not ``(batch, classes)`` logits.
     """
     check(model, dataset, profile, audit, surrogate)
-    cfg = profile_config(profile, dataset, "standard").eval
+    cfg = Unit(profile, dataset, "standard").config.eval  # every model of a profile is evaluated alike
     settings = experiments(profile)
     target = torch.device(device) if device else next(model.parameters(), torch.zeros(0)).device
     try:

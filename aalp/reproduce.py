@@ -16,7 +16,6 @@ without its stamp (failed, or killed mid-execution) is refused.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
@@ -30,14 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from . import faults, grid
+from .arms import SEARCH_METHODS
 from .chapters import ablation, masking
 from .checkpoint import file_lock
-from .arms import SEARCH_METHODS
 from .config import ConfigError, check_profile
 from .experiments import Study
-from .parameters import check_parameters
-from .search import finished, record_path
+from .parameters import DEFAULTS, check_parameters, resolve
 from .runs import ROOT, results_dir
+from .search import declared
+from .selection import finished, record_path
 
 NOTEBOOKS = (
     "01_feature_contribution",
@@ -60,6 +60,11 @@ AUDITS: dict[str, Callable[[Study, dict[str, Any]], masking.Plan]] = {"05_robust
 parallel lanes after the grid, so that the notebook finds them cached."""
 
 
+READS_SEARCHES = ("03_main_results", "04_ablation", "05_robustness_audit", "07_tuning")
+"""Notebooks that read the declared searches (tuned arms, the tuning chapter): ``reproduce`` runs the
+unfinished searches before them (a notebook never searches)."""
+
+
 class NotebookFailed(RuntimeError):
     """A notebook raised; the executed copy with the error is saved where the message says."""
 
@@ -70,27 +75,21 @@ def unfinished(profile: str, root: Path = ROOT) -> list[str]:
     return [n for n in NOTEBOOKS if not ((out / f"{n}.ipynb").exists() and (out / f"{n}.stamp").exists())]
 
 
-def parameters(profile: str, notebook: Path, seeds: list[int] | None = None) -> dict[str, Any]:
-    """The parameters injected into ``notebook``: the profile (each notebook takes its experiment's
-    defaults for it, and finds the repository as ``..``: papermill runs it in ``notebooks/``) and, if given
-    and the notebook declares ``seeds``, the seeds to use instead of the profile's (to render the seeds a
-    long profile has finished so far)."""
+def parameters(profile: str, notebook: str, seeds: list[int] | None = None) -> dict[str, Any]:
+    """The parameters injected into ``notebook``: the profile (the notebook resolves every other parameter
+    to its default, :data:`aalp.parameters.DEFAULTS`) and, if given and the notebook takes ``seeds``, the
+    seeds to use instead of the profile's (to render the seeds a long profile has finished so far)."""
     params: dict[str, Any] = {"profile": profile}
-    if seeds is not None:
-        import papermill
-
-        if "seeds" in papermill.inspect_notebook(str(notebook)):
-            params["seeds"] = list(seeds)
+    if seeds is not None and "seeds" in DEFAULTS[notebook]:
+        params["seeds"] = list(seeds)
     return params
 
 
-def notebook_parameters(profile: str, notebook: Path, seeds: list[int] | None = None) -> dict[str, Any]:
-    """Every parameter ``notebook`` runs with: its declared defaults (papermill's inspection of its
-    ``parameters`` cell), with :func:`parameters` injected over them."""
-    import papermill
-
-    declared = {name: ast.literal_eval(p["default"]) for name, p in papermill.inspect_notebook(str(notebook)).items()}
-    return {**declared, **parameters(profile, notebook, seeds)}
+def notebook_parameters(profile: str, notebook: str, seeds: list[int] | None = None) -> dict[str, Any]:
+    """Every parameter ``notebook`` runs with (:func:`aalp.parameters.resolve` of :func:`parameters`)."""
+    injected = parameters(profile, notebook, seeds)
+    injected.pop("profile")
+    return resolve(profile, notebook, **injected)
 
 
 def _source_hash(root: Path) -> str:
@@ -114,11 +113,12 @@ def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None,
               slurm: dict[str, Any] | None = None,
               log: Callable[[str], None] = partial(print, flush=True)) -> list[Path]:
     """Execute the notebooks of ``profile`` in order (skipping unchanged ones); return the executed paths.
-    ``seeds`` replaces the profile's seeds in every notebook that takes a ``seeds`` parameter. With
-    ``jobs > 1`` or a ``cluster``, everything the notebooks compute beyond analysis runs first in ``jobs``
-    lanes (or as cluster jobs), so that the notebooks find it cached: the declared searches not yet
-    finished (one lane each), then the main table's units and the models of the :data:`TRAINS` notebooks
-    among ``only`` (:func:`aalp.grid.run_grid`), then the audits of the :data:`AUDITS` notebooks.
+    ``seeds`` replaces the profile's seeds in every notebook that takes a ``seeds`` parameter. The declared
+    searches not yet finished run first when a notebook of :data:`READS_SEARCHES` is among those executed
+    (:func:`aalp.search.declared`; a notebook only reads them), one lane each with ``jobs > 1``. With ``jobs > 1`` or a ``cluster``, everything else the notebooks compute beyond
+    analysis runs next in ``jobs`` lanes (or as cluster jobs), so that the notebooks find it cached: the
+    main table's units and the models of the :data:`TRAINS` notebooks among ``only``
+    (:func:`aalp.grid.run_grid`), then the audits of the :data:`AUDITS` notebooks.
 
     Raises:
         NotebookFailed: a notebook raised; its executed copy (with the traceback) is kept.
@@ -130,35 +130,39 @@ def reproduce(profile: str, *, root: Path = ROOT, only: list[str] | None = None,
         raise ConfigError(f"unknown notebook(s) {', '.join(unknown)}; choose from {', '.join(NOTEBOOKS)}")
     check_parameters(seeds=seeds)  # the notebooks' own check of the parameter
     grid.check(profile, jobs, cluster)
+    study = Study(profile, root)
+    budget = study.settings.search_budget_epochs
+    searches = [(d, m) for d in study.settings.datasets for m in SEARCH_METHODS
+                if not finished(record_path(profile, d, m, root), budget)] if set(names) & set(READS_SEARCHES) else []
     if jobs > 1 or cluster is not None:
-        study = Study(profile, root)
-        budget = study.settings.search_budget_epochs
-        _lanes(study, jobs, cluster, slurm, _tune, [(d, m) for d in study.settings.datasets for m in SEARCH_METHODS
-                                                      if not finished(record_path(profile, d, m, root), budget)],
-               f"searches {profile}", log)
+        _lanes(study, jobs, cluster, slurm, _tune, searches, f"searches {profile}", log)
+    else:
+        for d, m in searches:
+            declared(profile, d, m, root, log=log)
+    if jobs > 1 or cluster is not None:
         units = grid.main_grid(profile, seeds=seeds, root=root)
         for name in (n for n in names if n in TRAINS):
-            units += TRAINS[name](study, notebook_parameters(profile, root / "notebooks" / f"{name}.ipynb", seeds))
-        grid.run_grid(profile, units, runs_dir=results_dir(profile, root) / "runs", data_dir=root / "data",
+            units += TRAINS[name](study, notebook_parameters(profile, name, seeds))
+        grid.run_grid(units, runs_dir=results_dir(profile, root) / "runs", data_dir=root / "data",
                       jobs=jobs, cluster=cluster, slurm=slurm, log=log)
         for name in (n for n in names if n in AUDITS):
-            p = AUDITS[name](study, notebook_parameters(profile, root / "notebooks" / f"{name}.ipynb", seeds))
+            p = AUDITS[name](study, notebook_parameters(profile, name, seeds))
             _lanes(study, jobs, cluster, slurm, _audit, [(p, *model) for model in p.models()],
                    f"audits {profile} ({name})", log)
     out_dir = results_dir(profile, root) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = []
     for name in names:
-        params = parameters(profile, root / "notebooks" / f"{name}.ipynb", seeds)
+        params = parameters(profile, name, seeds)
         with file_lock(out_dir / f".{name}.lock"):  # two reproduce processes execute a notebook once
             executed.append(_execute(name, root, out_dir, params, force, log))
     return executed
 
 
 def _tune(profile: str, root: Path, dataset: str, method: str, threads: int | None) -> None:
-    """One declared search, run or continued in a worker process (:meth:`aalp.experiments.Study.tuned`)."""
+    """One declared search, run or continued in a worker process (:func:`aalp.search.declared`)."""
     _threads(threads)
-    Study(profile, root).tuned(dataset, method)
+    declared(profile, dataset, method, root)
 
 
 def _audit(profile: str, root: Path, plan: masking.Plan, dataset: str, method: str, seed: int,

@@ -54,17 +54,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .arms import SEARCH_METHODS, search_overrides
 from .checkpoint import file_lock, write_json
-from .config import (ConfigError, RunConfig, TrainConfig, check_profile, config_hash, experiments,
-                     profile as profile_config)
+from .config import ConfigError, RunConfig, TrainConfig, check_profile, config_hash, experiments
 from .data import DATASETS, ArrayDataset, subset
 from .methods import WEIGHTINGS
 from .runs import ROOT, load_run, read_config, read_history, results_dir, run_dir
+from .selection import best_so_far, finished, record_path
+from .unit import Unit
 
 if TYPE_CHECKING:
     import optuna
 
-SEARCH_METHODS = ("alp", "aalp")
 VAL_IMAGES = 1000
 """The least number of validation images a selection score uses (or all of them, if fewer); the default."""
 MIN_EPOCHS = 2
@@ -161,6 +162,10 @@ class Plan:
     def rungs(self) -> tuple[int, ...]:
         return rungs(self.cfg.train.epochs, self.min_epochs, self.reduction_factor)
 
+    def trial(self, overrides: Sequence[str]) -> Unit:
+        """The unit a trial with the method overrides ``overrides`` trains: the base overrides, then those."""
+        return Unit(self.profile, self.dataset, self.method, overrides=(*self.overrides, *overrides))
+
     def identity(self) -> dict[str, Any]:
         """What a stored study must match to be continued (everything but the budget)."""
         return {"profile": self.profile, "dataset": self.dataset, "method": self.method, "seed": self.seed,
@@ -187,7 +192,7 @@ def plan(profile: str, dataset: str, method: str, *, budget_epochs: int, seed: i
     tuned = [o for o in overrides if o.strip().startswith("method.")]
     if tuned:
         raise ConfigError(f"the search sets the method's parameters itself; drop {', '.join(map(repr, tuned))}")
-    cfg = profile_config(profile, dataset, method, overrides)
+    cfg = Unit(profile, dataset, method, overrides=overrides).config
     if min_epochs is None:
         min_epochs = min(MIN_EPOCHS, cfg.train.epochs)
     if min_epochs > cfg.train.epochs:
@@ -314,10 +319,6 @@ class _Search:
         self.study, self.plan, self.runs_dir, self.data_dir = study, plan, runs_dir, data_dir
         self.record, self.images, self.device, self.log = record, images, device, log
 
-    def config(self, overrides: Sequence[str]) -> RunConfig:
-        p = self.plan
-        return profile_config(p.profile, p.dataset, p.method, [*p.overrides, *overrides])
-
     def spent(self) -> int:
         """Epochs trained: the histories of the distinct runs of the study's trials."""
         runs = {t.user_attrs["run"] for t in self.study.get_trials(deepcopy=False) if "run" in t.user_attrs}
@@ -332,7 +333,7 @@ class _Search:
         trial = self.study.ask()
         overrides = SPACES[self.plan.method](trial, self.plan.cfg.train.epochs)
         trial.set_user_attr("overrides", overrides)
-        trial.set_user_attr("run", config_hash(self.config(overrides).train))
+        trial.set_user_attr("run", config_hash(self.plan.trial(overrides).config.train))
         return trial
 
     def advance(self, trial: optuna.Trial) -> str:
@@ -343,7 +344,7 @@ class _Search:
         from .train import train
 
         frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
-        cfg = self.config(frozen.user_attrs["overrides"]).train
+        cfg = self.plan.trial(frozen.user_attrs["overrides"]).config.train
         directory = run_dir(cfg, self.runs_dir)
         reported = frozen.intermediate_values
         last = max(reported) if reported else None
@@ -517,64 +518,15 @@ def search(profile: str, dataset: str, method: str, *, budget_epochs: int, seed:
     return SearchResult(record, record_file, storage)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Reading the committed record
-# ----------------------------------------------------------------------------------------------------
-
-def record_path(profile: str, dataset: str, method: str, root: str | Path | None = None) -> Path:
-    """``<root>/results/<profile>/search/<dataset>-<method>.json`` (root: the repository)."""
-    return results_dir(profile, Path(root if root is not None else ROOT)) / "search" / f"{dataset}-{method}.json"
-
-
-def load_record(profile: str, dataset: str, method: str, root: str | Path | None = None) -> dict[str, Any]:
-    """The record of a search (:class:`ConfigError` if there is none)."""
-    path = record_path(profile, dataset, method, root)
-    if not path.exists():
-        settings = experiments(profile)
-        raise ConfigError(f"no search record {path}; run: python -m aalp search --profile {profile} "
-                          f"--dataset {dataset} --method {method} --budget-epochs {settings.search_budget_epochs} "
-                          f"--set seed={settings.search_run_seed}")
-    return json.loads(path.read_text())
-
-
-def finished(path: str | Path, budget_epochs: int) -> bool:
-    """Whether the search record at ``path`` exists, was given at least ``budget_epochs``, and running the
-    search again with that budget would train nothing: no trial paused with its next rung within the
-    budget (one killed mid-run; one the budget stopped is final), and no room for a new trial's first rung."""
-    path = Path(path)
-    if not path.exists():
-        return False
-    record = json.loads(path.read_text())
-    if record["budget_epochs"] < budget_epochs:
-        return False
-    spent, rungs = record["epochs_spent"], record["rungs"]
-    paused = sorted((t for t in record["trials"] if t["state"] == "paused"), key=lambda t: t["number"])
-    if not paused:
-        return spent + rungs[0] > budget_epochs
-    trial = paused[0]  # the search continues the first paused trial first, and stops if it does not fit
-    last = max(map(int, trial["scores"]), default=0)
-    upcoming = [r for r in rungs if r > last]
-    return bool(upcoming) and spent + max(0, upcoming[0] - trial["epochs"]) > budget_epochs
-
-
-def best_overrides(profile: str, dataset: str, method: str, root: str | Path | None = None) -> list[str]:
-    """The selected configuration of a committed search, as overrides of ``profile`` (base overrides and
-    the best complete trial's): ``config.profile(profile, dataset, method, best_overrides(...))`` is its run.
-    """
-    record = load_record(profile, dataset, method, root)
-    if record["best"] is None:
-        raise ConfigError(f"the search {profile}/{dataset}/{method} has no complete trial yet")
-    return list(record["best"]["overrides"])
-
-
-def best_so_far(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The best-so-far curve of a record, one point per trial in order: ``trial`` (1-based count),
-    ``epochs`` (cumulative epochs spent) and ``best`` (the best final validation score of a complete
-    trial so far; ``None`` before the first)."""
-    best: float | None = None
-    curve = []
-    for i, t in enumerate(record["trials"], 1):
-        if t["state"] == "complete" and (best is None or t["value"] > best):
-            best = t["value"]
-        curve.append({"trial": i, "epochs": t["epochs_spent"], "best": best})
-    return curve
+def declared(profile: str, dataset: str, method: str, root: str | Path = ROOT,
+             log: Callable[[str], None] = print) -> SearchResult | None:
+    """Run, or continue, ``profile``'s declared search of ``method`` on ``dataset`` under ``root``
+    (``search_budget_epochs``, trials at ``search_run_seed``: :class:`aalp.config.Experiments`) unless its
+    committed record is finished (:func:`aalp.selection.finished`; then ``None``, nothing is computed)."""
+    settings = experiments(profile)
+    if finished(record_path(profile, dataset, method, root), settings.search_budget_epochs):
+        return None
+    where = results_dir(profile, Path(root))
+    return search(profile, dataset, method, budget_epochs=settings.search_budget_epochs,
+                  overrides=search_overrides(profile), runs_dir=where / "runs", data_dir=Path(root) / "data",
+                  search_dir=where / "search", log=log)

@@ -20,10 +20,11 @@ from .checkpoint import weights_sha256
 from .config import ConfigError, experiments, to_dict
 from .data import DATASETS
 from .evaluate import autoattack_entry
-from .grid import Unit, is_done, main_grid
+from .grid import is_done, main_grid
 from .models import Classifier
 from .runs import CHECKPOINT, ROOT, eval_path, is_trained, load_run, read_history, results_dir, run_dir
-from .search import record_path
+from .selection import record_path
+from .unit import Unit
 
 CHECK_IMAGES = 100
 """Evaluated test images whose clean correctness a card records, to verify a loaded model."""
@@ -37,8 +38,8 @@ def _units(profile: str, root: Path) -> list[Unit]:
                 a for a in arms.ARMS if not arms.is_tuned(a) or record_path(profile, d, arms.method_of(a), root).exists()])]
 
 
-def _card(profile: str, unit: Unit, directory: Path) -> dict[str, Any]:
-    cfg = unit.config(profile)
+def _card(unit: Unit, directory: Path) -> dict[str, Any]:
+    cfg, profile = unit.config, unit.profile
     evaluation = json.loads(eval_path(directory, cfg.eval).read_text())
     attacks = evaluation["attacks"]
     aa = autoattack_entry(evaluation)
@@ -65,9 +66,9 @@ def cards(profile: str = "cpu", root: str | Path = ROOT) -> list[dict[str, Any]]
     runs_dir = results_dir(profile, root) / "runs"
     out = []
     for unit in _units(profile, root):
-        directory = run_dir(unit.config(profile).train, runs_dir)
-        if is_done(profile, unit, runs_dir):
-            out.append(_card(profile, unit, directory))
+        directory = run_dir(unit.config.train, runs_dir)
+        if is_done(unit, runs_dir):
+            out.append(_card(unit, directory))
     return out
 
 
@@ -85,7 +86,7 @@ def load_model(dataset: str, method: str, seed: int = 0, *, profile: str = "cpu"
     arms.check_arm(method)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"seed must be an integer ≥ 0, got {seed!r}")
-    cfg = arms.config(profile, dataset, method, seed, root)
+    cfg = Unit(profile, dataset, method, seed, root=Path(root)).config
     runs_dir = results_dir(profile, Path(root)) / "runs"
     if not is_trained(cfg.train, runs_dir):
         raise ConfigError(f"the {profile} zoo has no {dataset}/{method}/seed-{seed} (aalp.zoo.cards() lists what "

@@ -47,7 +47,8 @@ import reference  # benchmarks/ is the script's directory, so it is on sys.path
 
 from aalp.attacks import PGD, AttackBudget, pgd
 from aalp.data import DATASETS, ArrayDataset, load_dataset
-from aalp.grid import Unit, run_grid
+from aalp.grid import run_grid
+from aalp.unit import Unit
 from aalp.methods import METHODS, make_method
 from aalp.models import build_model
 from aalp.train import machine, train_one_epoch, warmup_attack
@@ -306,7 +307,7 @@ def run(profile: str, data_root: Path, out: Path, readme: Path | None, batch: in
 def grid_units(profile: str) -> list[Unit]:
     g = GRID[profile]
     methods = ("pgd-at", "alp", "trades", "mart", "aalp", "standard")
-    return [Unit("mnist", methods[i % len(methods)], i // len(methods), tuple(g["overrides"]))
+    return [Unit("cpu", "mnist", methods[i % len(methods)], i // len(methods), tuple(g["overrides"]))
             for i in range(g["units"])]
 
 
@@ -317,7 +318,7 @@ def grid_throughput(profile: str, data_root: Path) -> dict[str, object]:
     process using both cores, which makes them other units: CPU numerics depend on the thread count). Fresh
     run caches; the sides alternate A B C C B A."""
     units, repeats = grid_units(profile), GRID[profile]["repeats"]
-    two_threads = [Unit(u.dataset, u.arm, u.seed, (*u.overrides, "threads=2")) for u in units]
+    two_threads = [Unit(u.profile, u.dataset, u.arm, u.seed, (*u.overrides, "threads=2")) for u in units]
     sides = {"jobs1": (units, 1), "jobs2": (units, 2), "jobs1_threads2": (two_threads, 1)}
     rates: dict[str, list[float]] = {side: [] for side in sides}
     summaries: dict[str, list[dict[str, object]]] = {}
@@ -327,7 +328,7 @@ def grid_throughput(profile: str, data_root: Path) -> dict[str, object]:
         runs = Path(tempfile.mkdtemp(prefix=f"aalp-bench-{side}-"))
         try:
             started = time.perf_counter()
-            summaries[side] = run_grid("cpu", chosen, runs_dir=runs, data_dir=data_root, jobs=jobs,
+            summaries[side] = run_grid(chosen, runs_dir=runs, data_dir=data_root, jobs=jobs,
                                        progress=False, log=lambda s: None)
             rates[side].append(len(chosen) / (time.perf_counter() - started) * 3600)
         finally:

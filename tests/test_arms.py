@@ -1,6 +1,7 @@
 """The comparison's arms (aalp.arms): a tuned arm is its committed search's selection without the search's
-training seed; compared arms train on the comparison seeds, never the search's; the declared search is run
-only when its record is missing or unfinished; bad names are one error line."""
+training seed; compared arms train on the comparison seeds, never the search's; reading a tuned arm never
+searches, and the declared search is run only when its record is missing or unfinished; one Unit builds every
+configuration; the book's arm order and labels derive from the registry; bad names are one error line."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from aalp import arms, experiments as experiments_module
+from aalp import arms, figures, search as search_module
 from aalp.config import EXPERIMENTS, ConfigError, Experiments, experiments, profile
 from aalp.experiments import Study
-from aalp.grid import Unit, main_grid
+from aalp.grid import main_grid
+from aalp.methods import METHODS
 from aalp.parameters import check_parameters
+from aalp.unit import Unit
 
 SELECTED = ["seed=100", "method.lam=1.7", "method.weighting=p_wrong"]
 
@@ -37,6 +40,13 @@ def test_arm_names() -> None:
     assert arms.PAIRS[0] == ("aalp-tuned", "alp-tuned")  # the primary comparison: tuned against tuned
 
 
+def test_the_book_order_and_labels_derive_from_the_registry() -> None:
+    assert arms.ORDER == ("standard", "pgd-at", "trades", "mart", "alp", "alp-tuned", "aalp", "aalp-tuned")
+    assert set(arms.ORDER) == set(arms.ARMS) == set(arms.LABELS)
+    assert arms.LABELS["aalp-tuned"] == "AALP (tuned)" and arms.LABELS["pgd-at"] == METHODS["pgd-at"].label
+    assert figures.METHOD_ORDER is arms.ORDER and figures.LABELS is arms.LABELS
+
+
 @pytest.mark.faults
 @pytest.mark.parametrize("name", ["trades-tuned", "ALP", "", None])
 def test_unknown_arm_is_one_line(name: object, record_fault) -> None:
@@ -52,8 +62,11 @@ def test_tuned_arm_is_the_selection_without_the_search_seed(tmp_path: Path) -> N
     _record(tmp_path, "cpu", "fashion-mnist", "aalp", budget=60)
     assert arms.overrides("cpu", "fashion-mnist", "aalp-tuned", tmp_path) == SELECTED[1:]
     assert arms.overrides("cpu", "fashion-mnist", "aalp", tmp_path) == []
-    cfg = arms.config("cpu", "fashion-mnist", "aalp-tuned", 3, tmp_path)
+    cfg = Unit("cpu", "fashion-mnist", "aalp-tuned", 3, root=tmp_path).config
     assert cfg == profile("cpu", "fashion-mnist", "aalp", [*SELECTED[1:], "seed=3"])
+    more = Unit("cpu", "fashion-mnist", "aalp-tuned", 3, ("method.lam=2.0",), root=tmp_path).config
+    assert more.train.method.lam == 2.0 and more.train.method.weighting == "p_wrong"  # the unit's own overrides last
+    assert Unit("cpu", "mnist", "alp").config.train.seed == profile("cpu", "mnist", "alp").train.seed  # seed None
     assert cfg.train.seed == 3 and cfg.train.method.lam == 1.7 and cfg.train.method.weighting == "p_wrong"
 
 
@@ -71,9 +84,9 @@ def test_every_profile_keeps_search_runs_out_of_the_reported_seeds() -> None:
 def test_grid_trains_tuned_arms_on_comparison_seeds(tmp_path: Path) -> None:
     _record(tmp_path, "cpu", "mnist", "aalp", budget=60)
     units = main_grid("cpu", datasets=["mnist"], methods=["aalp-tuned", "trades"], root=tmp_path)
-    tuned = [Unit("mnist", "aalp-tuned", s, tuple(SELECTED[1:])) for s in experiments("cpu").comparison_seeds]
-    assert units == tuned + [Unit("mnist", "trades", s) for s in experiments("cpu").seeds]
-    assert units[0].config("cpu") == arms.config("cpu", "mnist", "aalp-tuned", 0, tmp_path)
+    tuned = [Unit("cpu", "mnist", "aalp-tuned", s) for s in experiments("cpu").comparison_seeds]
+    assert units == tuned + [Unit("cpu", "mnist", "trades", s) for s in experiments("cpu").seeds]
+    assert units[0].config == profile("cpu", "mnist", "aalp", [*SELECTED[1:], "seed=0"])
 
 
 @pytest.mark.faults
@@ -84,22 +97,25 @@ def test_a_tuned_arm_without_its_search_names_the_declared_command(tmp_path: Pat
     assert not (tmp_path / "results").exists()
 
 
-def test_study_runs_the_declared_search_only_when_unfinished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reading_never_searches_and_the_declared_search_runs_only_when_unfinished(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
     def fake_search(profile_name: str, dataset: str, method: str, **kwargs) -> None:
         calls.append((profile_name, dataset, method, kwargs["budget_epochs"], kwargs["overrides"]))
         _record(tmp_path, profile_name, dataset, method, budget=kwargs["budget_epochs"])
 
-    monkeypatch.setattr(experiments_module, "search", fake_search)
-    study = Study("cpu", tmp_path)
-    assert study.tuned("mnist", "aalp") == SELECTED[1:]  # no record: the declared search ran
+    monkeypatch.setattr(search_module, "search", fake_search)
+    with pytest.raises(ConfigError, match="no search record"):
+        Study("cpu", tmp_path).tuned("mnist", "aalp")  # reading a missing search: an error, not a search
+    assert calls == []
+    search_module.declared("cpu", "mnist", "aalp", tmp_path)  # no record: the declared search runs
     assert calls == [("cpu", "mnist", "aalp", 60, ["seed=100"])]
-    assert Study("cpu", tmp_path).tuned("mnist", "aalp") == SELECTED[1:] and len(calls) == 1  # finished: read only
+    assert Study("cpu", tmp_path).tuned("mnist", "aalp") == SELECTED[1:]
+    assert search_module.declared("cpu", "mnist", "aalp", tmp_path) is None and len(calls) == 1  # finished
     _record(tmp_path, "cpu", "mnist", "aalp", budget=60, paused=True)
-    assert study.tuned("mnist", "aalp") == SELECTED[1:] and len(calls) == 1  # a study reads its selection once
-    Study("cpu", tmp_path).tuned("mnist", "aalp")
+    search_module.declared("cpu", "mnist", "aalp", tmp_path)
     assert len(calls) == 2  # a paused trial: the search continues
     _record(tmp_path, "cpu", "mnist", "aalp", budget=30)
-    Study("cpu", tmp_path).tuned("mnist", "aalp")
+    search_module.declared("cpu", "mnist", "aalp", tmp_path)
     assert len(calls) == 3  # a smaller budget than declared: the search continues

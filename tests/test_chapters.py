@@ -18,6 +18,7 @@ from aalp import stats
 from aalp.chapters import ablation, observation1
 from aalp.config import ConfigError
 from aalp.publish import Phrase, as_json
+from aalp.unit import Unit
 
 N, SEEDS = 300, [0, 1, 2]
 
@@ -136,12 +137,15 @@ class _NoStudy:
     """A study that fails the test if anything asks it for runs or images."""
 
     settings = type("S", (), {"datasets": ("mnist",), "seeds": (0,), "analysis_n": 10})()
-    profile = "test"
+    profile = "smoke"  # its settings come from the profile (aalp.parameters.resolve)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         raise AssertionError("computed before the parameters were checked")
 
     test_images = tuned = run
+
+    def unit(self, dataset: str, arm: str, seed: int = 0, overrides: tuple = (), label: str | None = None) -> Unit:
+        return Unit("smoke", dataset, arm, seed, tuple(overrides), label)  # a name only: nothing is computed
 
 
 @pytest.mark.parametrize("params, needle", [({"fraction": 2.0}, "fraction"), ({"methods": ["alp", "aalp"]}, "methods"),

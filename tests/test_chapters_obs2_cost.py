@@ -97,10 +97,14 @@ def _fake_conflict(fraction: float, n: int = 10) -> dict[str, torch.Tensor]:
 
 class _FakeStudy:
     def __init__(self) -> None:
-        self.settings = SimpleNamespace(seeds=(0, 1))
+        self.profile = "smoke"
         self.calls: list[tuple[str, int]] = []
 
-    def run(self, dataset: str, method: str, seed: int) -> Any:
+    def unit(self, dataset: str, method: str, seed: int) -> Any:
+        return SimpleNamespace(dataset=dataset, arm=method, seed=seed)
+
+    def run(self, unit: Any) -> Any:
+        method, seed = unit.arm, unit.seed
         self.calls.append((method, seed))
         train = SimpleNamespace(method=SimpleNamespace(lam=0.5), trace_size=8)
         history = [{"epoch": 1, "obs2_conflict": 0.2, "obs2_opposes": 0.6, "obs2_median_ratio": 1.0,
@@ -118,7 +122,7 @@ def test_compute_pairs_seeds_and_answers_from_the_weights(monkeypatch: pytest.Mo
     monkeypatch.setattr(observation2, "final_conflict",
                         lambda run, x, y: _fake_conflict(fractions[run.method, run.seed]))
     study = _FakeStudy()
-    result = observation2.compute(study, seed=5)  # the primary seed is outside the compared seeds
+    result = observation2.compute(study, seed=5, seeds=[0, 1])  # the primary seed is outside the compared seeds
     f = result.facts
     assert result.seeds == [0, 1] and f["obs2_n_train"] == 10
     assert f["obs2_alp_conflict"] == pytest.approx(0.9) and f["obs2_aalp_conflict"] == pytest.approx(0.1)
@@ -205,7 +209,7 @@ def test_training_curve_accumulates_minutes() -> None:
 
 
 def test_cost_checks_parameters_before_any_run() -> None:
-    study = SimpleNamespace(settings=SimpleNamespace(seeds=(0,), datasets=("mnist",)),
+    study = SimpleNamespace(profile="smoke",
                             runs=lambda *a: pytest.fail("computed before checking the parameters"))
     with pytest.raises(ConfigError, match="methods"):
         cost.compute(study, methods=["alp", "fgsm-at"])  # type: ignore[arg-type]

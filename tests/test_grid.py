@@ -14,21 +14,23 @@ import pytest
 from aalp import faults
 from aalp.config import ConfigError, experiments
 from aalp.methods import METHODS
-from aalp.grid import Unit, main_grid, run_grid, run_unit
+from aalp.grid import main_grid, run_grid, run_unit
+from aalp.unit import Unit
 from aalp.runs import read_history
 
 from .conftest import ROOT
 
 TINY = ("data.train_size=120", "data.val_size=40", "batch_size=40", "attack.steps=1", "val_attack.steps=1",
         "epochs=2", "eval.n=40", "eval.autoattack_n=0", "eval.pgd.steps=2", "eval.cw.steps=2")
-UNITS = [Unit("mnist", "pgd-at", 0, TINY), Unit("mnist", "alp", 0, TINY), Unit("mnist", "aalp", 1, TINY)]
+UNITS = [Unit("smoke", "mnist", "pgd-at", 0, TINY), Unit("smoke", "mnist", "alp", 0, TINY),
+         Unit("smoke", "mnist", "aalp", 1, TINY)]
 
 
 @pytest.fixture(scope="module")
 def sequential(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> list[dict]:
     """The units run one after another in this process, with one torch thread (as each lane has)."""
     runs = tmp_path_factory.mktemp("sequential")
-    return [run_unit("smoke", u, runs, mnist_root, threads=1) for u in UNITS]
+    return [run_unit(u, runs, mnist_root, threads=1) for u in UNITS]
 
 
 def _trained_once(runs: Path) -> None:
@@ -42,7 +44,7 @@ def test_grid_runs_each_unit_once_with_the_sequential_results(engine: dict, tmp_
                                                               sequential: list[dict]) -> None:
     runs = tmp_path / "runs"
     messages: list[str] = []
-    results = run_grid("smoke", UNITS + UNITS[:1], runs_dir=runs, data_dir=mnist_root, progress=False,
+    results = run_grid(UNITS + UNITS[:1], runs_dir=runs, data_dir=mnist_root, progress=False,
                        cluster_folder=tmp_path / "submitit", log=messages.append, **engine)
     assert results == sequential + sequential[:1], "the grid's results differ from a sequential run's"
     assert len([p for p in runs.iterdir() if p.is_dir()]) == len(UNITS)
@@ -51,7 +53,7 @@ def test_grid_runs_each_unit_once_with_the_sequential_results(engine: dict, tmp_
     if engine.get("cluster"):
         assert len(list((tmp_path / "submitit").glob("*_submitted.pkl"))) == len(UNITS)
     again: list[str] = []
-    assert run_grid("smoke", UNITS, runs_dir=runs, data_dir=mnist_root, progress=False, log=again.append,
+    assert run_grid(UNITS, runs_dir=runs, data_dir=mnist_root, progress=False, log=again.append,
                     **engine) == sequential
     assert f"{len(UNITS)} done, 0 to run" in again[0]
 
@@ -66,10 +68,10 @@ def test_a_units_result_does_not_depend_on_the_lanes_threads(tmp_path: Path, mni
     from aalp.runs import run_dir
 
     before = torch.get_num_threads()
-    result = run_unit("smoke", UNITS[1], tmp_path, mnist_root, threads=2)
+    result = run_unit(UNITS[1], tmp_path, mnist_root, threads=2)
     torch.set_num_threads(before)
     assert result == sequential[1]
-    cfg = UNITS[1].config("smoke").train
+    cfg = UNITS[1].config.train
     assert read_history(run_dir(cfg, tmp_path))[-1]["machine"]["torch_threads"] == cfg.threads == 1
 
 
@@ -79,8 +81,8 @@ def test_grid_killed_mid_unit_continues(tmp_path: Path, mnist_root: Path, sequen
                                         record_fault) -> None:
     """Every lane SIGKILLs itself at its 4th training batch (mid-epoch 2 of its first unit): the grid stops
     with an error; run again, it finishes each unit once, with the sequential results."""
-    code = (f"from pathlib import Path; from aalp.grid import Unit, run_grid; "
-            f"run_grid('smoke', {UNITS!r}, runs_dir=Path({str(tmp_path)!r}), data_dir=Path({str(mnist_root)!r}), "
+    code = (f"from pathlib import Path; from aalp.grid import run_grid; from aalp.unit import Unit; "
+            f"run_grid({UNITS!r}, runs_dir=Path({str(tmp_path)!r}), data_dir=Path({str(mnist_root)!r}), "
             f"jobs=2, progress=False)")
     killed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                             env={**os.environ, faults.ENV: "train-batch:4"}, timeout=600)
@@ -88,7 +90,7 @@ def test_grid_killed_mid_unit_continues(tmp_path: Path, mnist_root: Path, sequen
     record_fault("SIGKILL of the grid's lanes at train-batch", 2, point="train-batch")
     histories = [read_history(p) for p in tmp_path.iterdir() if p.is_dir()]
     assert histories and all(len(h) <= 1 for h in histories), "a killed lane finished an epoch it was killed in"
-    assert run_grid("smoke", UNITS, runs_dir=tmp_path, data_dir=mnist_root, jobs=2, progress=False,
+    assert run_grid(UNITS, runs_dir=tmp_path, data_dir=mnist_root, jobs=2, progress=False,
                     log=lambda s: None) == sequential
     _trained_once(tmp_path)
 
@@ -100,7 +102,7 @@ def test_main_grid_is_the_main_table() -> None:
     assert {u.dataset for u in units} == {"mnist", "fashion-mnist"}
     assert {u.seed for u in units if u.method == "mart"} == set(settings.seeds)
     assert {u.seed for u in units if u.method == "alp"} == set(settings.comparison_seeds)
-    assert main_grid("cpu", seeds=[3], datasets=["mnist"], methods=["alp"]) == [Unit("mnist", "alp", 3)]
+    assert main_grid("cpu", seeds=[3], datasets=["mnist"], methods=["alp"]) == [Unit("cpu", "mnist", "alp", 3)]
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -130,7 +132,7 @@ def test_bad_grid_command_is_one_error_line(argv: list[str], needle: str, tmp_pa
 
 def test_a_bad_unit_is_refused_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="epochs"):
-        run_grid("smoke", [UNITS[0], Unit("mnist", "alp", 0, ("epochs=0",))], runs_dir=tmp_path, jobs=2,
+        run_grid([UNITS[0], Unit("smoke", "mnist", "alp", 0, ("epochs=0",))], runs_dir=tmp_path, jobs=2,
                  progress=False, log=lambda s: None)
     assert not any(tmp_path.iterdir())
 
@@ -146,8 +148,8 @@ def test_units_that_are_one_model_are_trained_once(tmp_path: Path, monkeypatch: 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(grid_module, "_wait", fake_wait)
-    same = Unit("mnist", "aalp-tuned", 1, (*TINY, "method.guided_dropout=true"))  # AALP's default, spelled out
-    assert same.config("smoke") == UNITS[2].config("smoke") and same != UNITS[2]
+    same = Unit("smoke", "mnist", "aalp", 1, (*TINY, "method.guided_dropout=true"), label="a variant")  # the default
+    assert same.config == UNITS[2].config and same != UNITS[2]
     with pytest.raises(KeyboardInterrupt):
-        run_grid("smoke", [*UNITS, same], runs_dir=tmp_path, jobs=2, progress=False, log=lambda s: None)
+        run_grid([*UNITS, same], runs_dir=tmp_path, jobs=2, progress=False, log=lambda s: None)
     assert submitted == UNITS

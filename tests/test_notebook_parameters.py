@@ -72,3 +72,39 @@ def test_through_papermill(notebook: str, params: dict, needle: str, tmp_path: P
     assert info.value.ename == "ConfigError" and needle in info.value.evalue
     assert nbformat.read(out, 4).metadata["papermill"]["exception"], "the failed notebook looks like a success"
     assert not (tmp_path / "results").exists(), "a failed notebook wrote results or a run directory"
+
+
+def _declared(notebook: str) -> dict:
+    return {name: p["default"] for name, p in papermill.inspect_notebook(str(NOTEBOOKS / f"{notebook}.ipynb")).items()}
+
+
+def test_every_notebook_declares_its_parameters_as_none_and_resolve_fills_them() -> None:
+    """The defaults live in one place (aalp.parameters.DEFAULTS): every notebook declares exactly those
+    parameters (plus profile and root), each as None, and resolve fills each from the profile."""
+    from aalp.config import experiments
+    from aalp.parameters import DEFAULTS, resolve
+    from aalp.reproduce import NOTEBOOKS as ORDERED
+
+    assert list(DEFAULTS) == list(ORDERED)
+    for notebook, defaults in DEFAULTS.items():
+        declared = _declared(notebook)
+        assert set(declared) == {"profile", "root", *defaults}, notebook
+        assert all(declared[name] == "None" for name in declared if name != "profile"), notebook
+    cpu = experiments("cpu")
+    p = resolve("cpu", "05_robustness_audit")
+    assert p["seeds"] == list(cpu.seeds) and p["full_audit_seeds"] == [cpu.seeds[0]] and p["n_images"] == cpu.audit_n
+    assert resolve("cpu", "05_robustness_audit", seeds=[3, 4])["full_audit_seeds"] == [3]  # from the seeds given
+    assert resolve("cpu", "04_ablation")["tuned_ablation_seeds"] == list(cpu.comparison_seeds[:3])
+    assert resolve("smoke", "01_feature_contribution", k=3)["k"] == 3
+
+
+@pytest.mark.parametrize("notebook, params, needle", [
+    ("03_main_results", {"lams": [1.0]}, "03_main_results takes no parameter lams"),
+    ("nope", {}, "unknown notebook 'nope'"), ("03_main_results", {"seeds": [-1]}, "seeds = [-1]")])
+def test_resolve_refuses_what_a_notebook_does_not_take(notebook: str, params: dict, needle: str, record_fault) -> None:
+    from aalp.parameters import resolve
+
+    record_fault("bad notebook parameter")
+    with pytest.raises(ConfigError) as info:
+        resolve("cpu", notebook, **params)
+    assert needle in str(info.value) and "\n" not in str(info.value)

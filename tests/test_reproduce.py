@@ -65,7 +65,7 @@ def test_executes_skips_and_reexecutes(root: Path) -> None:
 
 
 def test_seeds_reach_only_notebooks_that_take_them(root: Path) -> None:
-    other = NOTEBOOKS[1]
+    other = NOTEBOOKS[7]  # takes no seeds (aalp.parameters.DEFAULTS)
     write_notebook(root / "notebooks" / f"{NAME}.ipynb", 'print("seeds", seeds)', "\nseeds = None")
     write_notebook(root / "notebooks" / f"{other}.ipynb", 'print("has seeds:", "seeds" in globals())')
     first, second = reproduce("cpu", root=root, only=[NAME, other], seeds=[0, 2], log=lambda s: None)
@@ -203,18 +203,18 @@ class _Stop(Exception):
 def test_jobs_train_the_ablation_models_in_the_grid(monkeypatch: pytest.MonkeyPatch) -> None:
     """``reproduce --jobs N`` hands the grid every model chapter 4's notebook trains (both its calls, at
     the notebook's own parameters), besides the main table, so the notebook finds them cached."""
-    from aalp import arms, grid
+    from aalp import arms, grid, unit as unit_module
     from aalp.chapters import ablation
     from aalp.experiments import Study
     from aalp.reproduce import notebook_parameters
 
     selected = ["method.lam=2.0", "method.weighting=correct"]
     monkeypatch.setattr(Study, "tuned", lambda self, dataset, method: list(selected))
-    monkeypatch.setattr(grid, "overrides", lambda profile, d, arm, root=None:
+    monkeypatch.setattr(unit_module, "arm_overrides", lambda profile, d, arm, root=None:
                         (selected if arm == "aalp-tuned" else selected[:1]) if arms.is_tuned(arm) else [])
     handed: list = []
 
-    def fake_run_grid(profile: str, units: list, **kwargs) -> None:
+    def fake_run_grid(units: list, **kwargs) -> None:
         handed.extend(units)
         raise _Stop
 
@@ -225,8 +225,8 @@ def test_jobs_train_the_ablation_models_in_the_grid(monkeypatch: pytest.MonkeyPa
     trained = []
 
     class Recording(Study):
-        def run(self, dataset, method, seed=0, overrides=(), **kwargs):  # type: ignore[override]
-            trained.append(self.config(dataset, method, seed, overrides))
+        def run(self, unit, **kwargs):  # type: ignore[override]
+            trained.append(unit.config)
 
         def test_images(self, dataset, n=None):  # type: ignore[override]
             raise _Stop  # every run is asked for before the first analysis
@@ -235,23 +235,24 @@ def test_jobs_train_the_ablation_models_in_the_grid(monkeypatch: pytest.MonkeyPa
     source = "".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
     assert "chapter.compute(study, dataset=dataset, ablation_seeds=ablation_seeds, lams=lams)" in source
     assert "chapter.compute(study, dataset=tuned_dataset, ablation_seeds=tuned_ablation_seeds, tuned=True)" in source
-    p = notebook_parameters("smoke", notebook)
+    p = notebook_parameters("smoke", "04_ablation")
     for kwargs in ({"dataset": p["dataset"], "ablation_seeds": p["ablation_seeds"], "lams": p["lams"]},
                    {"dataset": p["tuned_dataset"], "ablation_seeds": p["tuned_ablation_seeds"], "tuned": True}):
         with pytest.raises(_Stop):
             ablation.compute(Recording("smoke", REPO), **kwargs)
-    configs = {u.config("smoke") for u in handed}
+    configs = {u.config for u in handed}
     assert trained and set(trained) <= configs
-    assert {u.config("smoke") for u in grid.main_grid("smoke", root=REPO)} <= configs
+    assert {u.config for u in grid.main_grid("smoke", root=REPO)} <= configs
     assert any(selected[0] in u.overrides for u in handed if u.dataset == p["tuned_dataset"] and u.arm == "aalp")
 
 
 def test_jobs_run_the_unfinished_searches_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With ``--jobs N`` every declared search short of its budget is one job of an N-lane pool (the
-    searches are the lanes), each with cores / N threads; a finished one is not run again."""
+    searches are the lanes), each with cores / N threads, before a notebook that reads them; a finished one is
+    not run again, and none runs for a notebook that does not read them."""
     from aalp import grid, reproduce as reproduce_module
     from aalp.config import experiments
-    from aalp.search import SEARCH_METHODS
+    from aalp.arms import SEARCH_METHODS
 
     settings = experiments("smoke")
     done = (settings.datasets[0], SEARCH_METHODS[0])
@@ -271,14 +272,18 @@ def test_jobs_run_the_unfinished_searches_side_by_side(tmp_path: Path, monkeypat
     monkeypatch.setattr(grid, "run_grid", lambda *a, **k: (_ for _ in ()).throw(_Stop()))
     monkeypatch.setattr(grid, "main_grid", lambda *a, **k: [])
     with pytest.raises(_Stop):
-        reproduce("smoke", root=tmp_path, only=[NAME], jobs=2)
+        reproduce("smoke", root=tmp_path, only=["07_tuning"], jobs=2)
     (pool,) = pools
     todo = [(d, m) for d in settings.datasets for m in SEARCH_METHODS if (d, m) != done]
     threads = max(1, grid.cores() // 2)
     assert pool.jobs == 2 and pool.calls == [("_tune", "smoke", tmp_path.resolve(), d, m, threads) for d, m in todo]
     with pytest.raises(_Stop):  # a cluster job takes the cores it is given, as a grid unit does
-        reproduce("smoke", root=tmp_path, only=[NAME], cluster="local")
+        reproduce("smoke", root=tmp_path, only=["07_tuning"], cluster="local")
     assert pools[-1].calls == [("_tune", "smoke", tmp_path.resolve(), d, m, None) for d, m in todo]
+    before = len(pools)
+    with pytest.raises(_Stop):
+        reproduce("smoke", root=tmp_path, only=[NAME], jobs=2)  # reads no search
+    assert len(pools) == before, "searches ran for a notebook that reads none"
 
 
 def test_jobs_compute_the_audits_in_lanes_after_the_grid(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -307,7 +312,7 @@ def test_jobs_compute_the_audits_in_lanes_after_the_grid(monkeypatch: pytest.Mon
     with pytest.raises(_Stop):
         reproduce("smoke", root=REPO, only=["05_robustness_audit"], jobs=2)
     notebook = REPO / "notebooks" / "05_robustness_audit.ipynb"
-    plan = masking.notebook_plan(Study("smoke", REPO), notebook_parameters("smoke", notebook))
+    plan = masking.notebook_plan(Study("smoke", REPO), notebook_parameters("smoke", "05_robustness_audit"))
     threads = max(1, grid.cores() // 2)
     assert order == ["grid"] + ["_audit"] * len(plan.models())
     assert calls == [("smoke", REPO, plan, d, m, s, threads) for d, m, s in plan.models()]

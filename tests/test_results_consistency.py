@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aalp import arms
+from aalp.unit import Unit
 from aalp.config import CACHE_VERSION
 from aalp.runs import eval_path, run_dir
 
@@ -45,7 +45,7 @@ def test_main_results_match_the_run_cache(saved: Path) -> None:
     checked = 0
     for dataset, rows in main["per_run"].items():
         for row in rows:
-            cfg = arms.config(name, dataset, row["method"], row["seed"], RESULTS.parent)
+            cfg = Unit(name, dataset, row["method"], row["seed"], root=RESULTS.parent).config
             path = eval_path(run_dir(cfg.train, RESULTS / name / "runs"), cfg.eval)
             assert path.exists(), f"{name} {dataset} {row['method']} seed {row['seed']}: no {path}"
             assert _numbers(row, json.loads(path.read_text())), f"{name} {dataset} {row['method']} {row['seed']}"

@@ -19,7 +19,8 @@ import aalp
 from aalp import cli, search as search_module
 from aalp.config import ConfigError, profile
 from aalp.runs import read_history, run_dir
-from aalp.search import best_overrides, best_so_far, finished, plan, rungs, search, validation_images, validation_score
+from aalp.search import plan, rungs, search, validation_images, validation_score
+from aalp.selection import best_overrides, best_so_far, finished
 from aalp.train import train
 
 from .conftest import ROOT

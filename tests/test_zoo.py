@@ -47,7 +47,8 @@ def smoke_zoo(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Pat
     root = tmp_path_factory.mktemp("zoo")
     (root / "data").symlink_to(mnist_root.resolve())
     torch.set_num_threads(1)
-    Study("smoke", root).run("mnist", "pgd-at", 0)
+    study = Study("smoke", root)
+    study.run(study.unit("mnist", "pgd-at", 0))
     return root
 
 

@@ -26,8 +26,8 @@ from ..contributions import concentration, model_contributions
 from ..data import title
 from ..experiments import Run, Study
 from ..figures import forest, palette
-from ..grid import Unit
-from ..parameters import check_parameters
+from ..unit import Unit
+from ..parameters import resolve
 from ..publish import Fact, Phrase
 from .main_results import bits
 from .observation1 import PREDICTED, PRIMARY, predicts, side
@@ -46,6 +46,10 @@ class Variant:
     label: str
     method: str
     overrides: tuple[str, ...] = ()
+
+    def unit(self, study: Study, dataset: str, seed: int) -> Unit:
+        """The variant on ``dataset`` at ``seed``: a :class:`~aalp.unit.Unit` labelled with the variant."""
+        return study.unit(dataset, self.method, seed, self.overrides, label=self.label)
 
 
 FIXED = (
@@ -184,31 +188,37 @@ def guided_dropout_verdict(concentration_diff: Mapping[str, Any], worst_diff: Ma
 # Compute
 # ----------------------------------------------------------------------------------------------------
 
-def plan(study: Study, dataset: str = "mnist", ablation_seeds: list[int] | None = None,
-         lams: list[float] | None = None, tuned: bool = False) -> tuple[list[int], list[Variant]]:
-    """The seeds and variants :func:`compute` trains (its parameters, checked before any compute)."""
-    lams = [0.25, 1.0] if lams is None else lams
-    check_parameters(dataset=dataset, ablation_seeds=ablation_seeds, lams=lams)
-    seeds = list(ablation_seeds or (study.settings.comparison_seeds[:3] if tuned else study.settings.seeds[:1]))
-    return seeds, tuned_variants(study.tuned(dataset, "aalp")) if tuned else variants(lams)
+def plan(study: Study, dataset: str | None = None, ablation_seeds: list[int] | None = None,
+         lams: list[float] | None = None, tuned: bool = False) -> tuple[str, list[int], list[Variant]]:
+    """The dataset, seeds and variants :func:`compute` trains (its parameters resolved and checked before any
+    compute: ``None`` is the notebook's default, :data:`aalp.parameters.DEFAULTS`; with ``tuned``,
+    ``dataset`` and ``ablation_seeds`` are the notebook's ``tuned_dataset`` and ``tuned_ablation_seeds``)."""
+    if tuned:
+        p = resolve(study.profile, "04_ablation", tuned_dataset=dataset, tuned_ablation_seeds=ablation_seeds)
+        dataset, seeds = p["tuned_dataset"], p["tuned_ablation_seeds"]
+        chosen = tuned_variants(study.tuned(dataset, "aalp"))
+    else:
+        p = resolve(study.profile, "04_ablation", dataset=dataset, ablation_seeds=ablation_seeds, lams=lams)
+        dataset, seeds, chosen = p["dataset"], p["ablation_seeds"], variants(p["lams"])
+    return dataset, list(seeds), chosen
 
 
-def units(study: Study, dataset: str = "mnist", ablation_seeds: list[int] | None = None,
+def units(study: Study, dataset: str | None = None, ablation_seeds: list[int] | None = None,
           lams: list[float] | None = None, tuned: bool = False) -> list[Unit]:
-    """The models :func:`compute` trains, as grid units (:func:`aalp.grid.run_grid` trains them in
-    parallel lanes; :func:`compute` then finds them cached)."""
-    seeds, chosen = plan(study, dataset, ablation_seeds, lams, tuned)
-    return [Unit(dataset, v.method, s, v.overrides) for v in chosen for s in seeds]
+    """The models :func:`compute` trains (:func:`aalp.grid.run_grid` trains them in parallel lanes;
+    :func:`compute` then finds them cached)."""
+    dataset, seeds, chosen = plan(study, dataset, ablation_seeds, lams, tuned)
+    return [v.unit(study, dataset, s) for v in chosen for s in seeds]
 
 
 def notebook_units(study: Study, parameters: Mapping[str, Any]) -> list[Unit]:
-    """The models chapter 4's notebook trains with ``parameters`` (its papermill parameters): the
+    """The models chapter 4's notebook trains with ``parameters`` (:func:`aalp.parameters.resolve`'s): the
     ablation at the defaults on ``dataset``, then at AALP's tuned configuration on ``tuned_dataset``."""
     return [*units(study, parameters["dataset"], parameters["ablation_seeds"], parameters["lams"]),
             *units(study, parameters["tuned_dataset"], parameters["tuned_ablation_seeds"], tuned=True)]
 
 
-def compute(study: Study, dataset: str = "mnist", ablation_seeds: list[int] | None = None,
+def compute(study: Study, dataset: str | None = None, ablation_seeds: list[int] | None = None,
             lams: list[float] | None = None, tuned: bool = False) -> Ablation:
     """Train (if not cached), evaluate and compare every variant with ALP; see the module docstring.
 
@@ -216,8 +226,8 @@ def compute(study: Study, dataset: str = "mnist", ablation_seeds: list[int] | No
     :func:`variants` at the defaults (``lams`` unused), on the first three comparison seeds by default;
     facts are then keyed ``ablt_`` instead of ``abl_``.
     """
-    seeds, chosen = plan(study, dataset, ablation_seeds, lams, tuned)
-    runs = {v.label: [study.run(dataset, v.method, s, v.overrides, label=v.label) for s in seeds] for v in chosen}
+    dataset, seeds, chosen = plan(study, dataset, ablation_seeds, lams, tuned)
+    runs = {v.label: [study.run(v.unit(study, dataset, s)) for s in seeds] for v in chosen}
     x, y = study.test_images(dataset)
     primary = {label: np.stack([concentration(model_contributions(r.model, x, y))[PRIMARY].numpy() for r in rs])
                for label, rs in runs.items()}

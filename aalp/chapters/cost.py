@@ -26,7 +26,7 @@ import pandas as pd
 
 from ..experiments import Run, Study
 from ..figures import LABELS, order, palette
-from ..parameters import check_parameters
+from ..parameters import resolve
 from ..publish import Fact, Phrase
 
 GROUP = ("dataset", "device", "threads")
@@ -136,11 +136,8 @@ def _machine(record: dict[str, Any]) -> str:
 def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | None = None,
             methods: list[str] | None = None) -> Cost:
     """Every method's training and evaluation seconds, the ratios to ALP and the training curve."""
-    methods = methods or list(order(LABELS))
-    check_parameters(datasets=datasets, seeds=seeds, methods=methods)
-    datasets = list(datasets or study.settings.datasets)
-    seeds = list(seeds or study.settings.seeds)
-    methods = order(methods)
+    p = resolve(study.profile, "06_cost", datasets=datasets, seeds=seeds, methods=methods)
+    datasets, seeds, methods = list(p["datasets"]), list(p["seeds"]), order(p["methods"])
     runs = study.runs(datasets, methods, seeds)
     frame = pd.DataFrame([run_row(d, m, r) for d in datasets for m in methods for r in runs[d][m]])
     relative = relative_to(frame)

@@ -21,8 +21,9 @@ import pandas as pd
 from .. import arms, stats
 from ..data import DATASETS
 from ..experiments import Run, Study
-from ..figures import LABELS, METHOD_ORDER, forest, order, palette
-from ..parameters import check_parameters
+from ..grid import main_grid
+from ..figures import LABELS, forest, order, palette
+from ..parameters import resolve
 from ..publish import Fact, Phrase
 from ..tables import mean_std, results_frame
 
@@ -94,13 +95,14 @@ def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | 
     profile's by default). Every pair of :data:`aalp.arms.PAIRS` present is compared; the first one present
     is the primary comparison, whose facts carry the plain keys (``<dataset>_diff``, ``<dataset>_verdict``).
     """
-    methods = list(methods or METHOD_ORDER)
-    check_parameters(datasets=datasets, seeds=seeds, methods=methods, comparison_seeds=comparison_seeds)
-    datasets = list(datasets or study.settings.datasets)
-    seeds = list(seeds or study.settings.seeds)
-    comparison_seeds = list(comparison_seeds or study.settings.comparison_seeds)
-    seeds_of = {m: comparison_seeds if m in arms.COMPARED else seeds for m in methods}
-    runs = {d: {m: [study.run(d, m, s) for s in seeds_of[m]] for m in methods} for d in datasets}
+    p = resolve(study.profile, "03_main_results", datasets=datasets, seeds=seeds, methods=methods,
+                comparison_seeds=comparison_seeds)
+    datasets, seeds, methods = list(p["datasets"]), list(p["seeds"]), list(p["methods"])
+    comparison_seeds = list(p["comparison_seeds"])
+    runs: dict[str, dict[str, list[Run]]] = {d: {m: [] for m in methods} for d in datasets}
+    for unit in main_grid(study.profile, seeds=seeds, comparison_seeds=comparison_seeds, datasets=datasets,
+                          methods=methods, root=study.root):
+        runs[unit.dataset][unit.arm].append(study.run(unit))
     frames = {d: results_frame([r for rs in runs[d].values() for r in rs]) for d in datasets}
     pairs = [p for p in arms.PAIRS if set(p) <= set(methods)]
     comparisons, best, by_class = {}, {}, {}

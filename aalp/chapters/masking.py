@@ -21,7 +21,7 @@ import pandas as pd
 from ..audit import final_worst_case
 from ..experiments import Run, Study
 from ..figures import LABELS, order, palette
-from ..parameters import check_parameters
+from ..parameters import resolve
 from ..publish import Fact, Phrase
 
 
@@ -108,20 +108,16 @@ def plan(study: Study, datasets: list[str] | None = None, seeds: list[int] | Non
          square_queries: int | None = None) -> Plan:
     """:func:`compute`'s parameters, checked before any compute and resolved (every arm, the profile's
     seeds, its first seed for the full audit, its audit size, step counts and Square budget)."""
-    methods = methods or list(order(LABELS))
-    check_parameters(datasets=datasets, seeds=seeds, full_audit_seeds=full_audit_seeds, methods=methods,
-                     n_images=n_images, steps=steps, square_queries=square_queries)
-    settings = study.settings
-    seeds = list(seeds or settings.seeds)
-    return Plan(tuple(datasets or settings.datasets), tuple(seeds), tuple(full_audit_seeds or seeds[:1]),
-                tuple(methods), n_images or settings.audit_n, tuple(steps or settings.audit_steps),
-                square_queries or settings.audit_square_queries)
+    p = resolve(study.profile, "05_robustness_audit", datasets=datasets, seeds=seeds,
+                full_audit_seeds=full_audit_seeds, methods=methods, n_images=n_images, steps=steps,
+                square_queries=square_queries)
+    return Plan(tuple(p["datasets"]), tuple(p["seeds"]), tuple(p["full_audit_seeds"]), tuple(p["methods"]),
+                p["n_images"], tuple(p["steps"]), p["square_queries"])
 
 
 def notebook_plan(study: Study, parameters: dict[str, Any]) -> Plan:
-    """The plan of chapter 5's notebook with ``parameters`` (its papermill parameters)."""
-    return plan(study, **{k: parameters[k] for k in ("datasets", "seeds", "full_audit_seeds", "methods", "n_images",
-                                                      "steps", "square_queries")})
+    """The plan of chapter 5's notebook with ``parameters`` (:func:`aalp.parameters.resolve`'s)."""
+    return plan(study, **parameters)
 
 
 def audit_model(study: Study, p: Plan, dataset: str, method: str, seed: int
@@ -129,14 +125,14 @@ def audit_model(study: Study, p: Plan, dataset: str, method: str, seed: int
     """The run, its cheap audit and (for a seed of ``p.full_seeds``) its full audit, on its first
     ``p.n_images`` AutoAttack images; each audit cached in the run's directory, so that
     ``reproduce --jobs N`` can compute them in parallel lanes before the notebook reads them."""
-    run = study.run(dataset, method, seed)
+    run = study.run(study.unit(dataset, method, seed))
     n = min(p.n_images, run.entry("autoattack")["n"])
     x, y = study.evaluated_images(run, n)
     kwargs = {"autoattack_warnings": run.warnings, "steps": list(p.steps)}
     cheap = study.audit(run, x, y, full=False, **kwargs)
     if seed not in p.full_seeds:
         return run, cheap, None
-    surrogate = study.run(dataset, "pgd-at", seed + 1, evaluate=False)  # independent of every model here
+    surrogate = study.run(study.unit(dataset, "pgd-at", seed + 1), evaluate=False)  # independent of every model here
     return run, cheap, study.audit(run, x, y, full=True, surrogate=surrogate, square_queries=p.square_queries,
                                    **kwargs)
 

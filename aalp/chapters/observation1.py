@@ -30,8 +30,8 @@ from ..config import ConfigError
 from ..contributions import channel_contribution, concentration, model_contributions
 from ..data import title
 from ..experiments import Study
-from ..figures import LABELS, METHOD_ORDER, forest, order, palette
-from ..parameters import check_parameters
+from ..figures import LABELS, forest, order, palette
+from ..parameters import resolve
 from ..publish import Fact, Phrase
 
 PRIMARY = "gini"
@@ -255,16 +255,16 @@ def _key(method: str) -> str:
     return method.replace("-", "")
 
 
-def compute(study: Study, dataset: str = "mnist", seed: int = 0, methods: list[str] | None = None,
-            fraction: float = 0.5, k: int = 10, n_images: int | None = None, datasets: list[str] | None = None,
-            seeds: list[int] | None = None) -> Observation1:
+def compute(study: Study, dataset: str | None = None, seed: int | None = None, methods: list[str] | None = None,
+            fraction: float | None = None, k: int | None = None, n_images: int | None = None,
+            datasets: list[str] | None = None, seeds: list[int] | None = None) -> Observation1:
     """Measure every model of the main table and test Observation 1; see the module docstring. ``dataset``
-    and ``seed`` choose the per-image distribution shown; the tests use every dataset and seed."""
-    methods = list(methods or METHOD_ORDER)
-    check_parameters(dataset=dataset, seed=seed, methods=methods, fraction=fraction, k=k, n_images=n_images,
-                     datasets=datasets, seeds=seeds)
-    datasets = list(datasets or study.settings.datasets)
-    seeds = list(seeds or study.settings.seeds)
+    and ``seed`` choose the per-image distribution shown; the tests use every dataset and seed. ``None``
+    stands for the notebook's default (:data:`aalp.parameters.DEFAULTS`)."""
+    p = resolve(study.profile, "01_feature_contribution", dataset=dataset, seed=seed, methods=methods,
+                fraction=fraction, k=k, n_images=n_images, datasets=datasets, seeds=seeds)
+    dataset, seed, methods, fraction, k = p["dataset"], p["seed"], list(p["methods"]), p["fraction"], p["k"]
+    n_images, datasets, seeds = p["n_images"], list(p["datasets"]), list(p["seeds"])
     if not {ROBUST, BASELINE} <= set(methods):
         raise ConfigError(f"notebook parameter methods = {methods!r}: must include {BASELINE} and {ROBUST}")
     if dataset not in datasets:
@@ -279,7 +279,7 @@ def compute(study: Study, dataset: str = "mnist", seed: int = 0, methods: list[s
         n = len(y)
         for m in methods:
             for s in seeds:
-                run = study.run(d, m, s)
+                run = study.run(study.unit(d, m, s))
                 for layer, (_, measure) in LAYERS.items():
                     values = concentration(measure(run.model, x, y), fraction=fraction, k=k)
                     frame = pd.DataFrame({name: values[name].numpy() for name in STATISTICS})

@@ -31,7 +31,7 @@ from .. import conflict, stats
 from ..attacks import PGD
 from ..experiments import Run, Study
 from ..figures import LABELS, palette
-from ..parameters import check_parameters
+from ..parameters import resolve
 from ..publish import Fact, Phrase
 
 METHODS = ("alp", "aalp")
@@ -197,14 +197,14 @@ def _median(values: pd.Series) -> float:
     return float(values.median()) if len(values) else math.nan
 
 
-def compute(study: Study, dataset: str = "mnist", seed: int = 0, n_train: int | None = None,
+def compute(study: Study, dataset: str | None = None, seed: int | None = None, n_train: int | None = None,
             seeds: list[int] | None = None) -> Observation2:
     """Observation 2 on ``dataset``: over training for every seed, and on the final models (see the module
     docstring); the per-sample view is of seed ``seed``."""
-    check_parameters(dataset=dataset, seed=seed, n_train=n_train, seeds=seeds)
-    seeds = list(seeds or study.settings.seeds)
+    p = resolve(study.profile, "02_alp_target_fit", dataset=dataset, seed=seed, n_train=n_train, seeds=seeds)
+    dataset, seed, n_train, seeds = p["dataset"], p["seed"], p["n_train"], list(p["seeds"])
     measured = seeds + ([seed] if seed not in seeds else [])
-    runs = {m: {s: study.run(dataset, m, s) for s in measured} for m in METHODS}
+    runs = {m: {s: study.run(study.unit(dataset, m, s)) for s in measured} for m in METHODS}
     history = history_frame(runs)
 
     per_seed, weights, samples, primary = [], {}, [], {}

@@ -23,9 +23,10 @@ from ..data import title
 from ..experiments import Study
 from ..figures import LABELS, palette
 from ..methods import AALP
-from ..parameters import check_parameters
+from ..parameters import resolve
 from ..publish import Fact, Phrase
-from ..search import LAM, TPE_STARTUP, best_so_far, load_record
+from ..search import LAM, TPE_STARTUP
+from ..selection import best_so_far, load_record
 
 
 @dataclass
@@ -194,16 +195,13 @@ def lam_position(lam: float) -> float:
 
 
 def compute(study: Study, datasets: list[str] | None = None) -> Tuning:
-    """Read (running first, if missing) the declared search of ALP and AALP on every dataset."""
-    check_parameters(datasets=datasets)
-    datasets = list(datasets or study.settings.datasets)
+    """Read the committed declared search of ALP and AALP on every dataset (``reproduce`` runs a missing one)."""
+    datasets = list(resolve(study.profile, "07_tuning", datasets=datasets)["datasets"])
     records: dict[str, dict[str, dict[str, Any]]] = {}
     defaults: dict[str, dict[str, dict[str, Any]]] = {}
     for d in datasets:
-        for m in SEARCH_METHODS:
-            study.tuned(d, m)
         records[d] = {m: load_record(study.profile, d, m, study.root) for m in SEARCH_METHODS}
-        defaults[d] = {m: to_dict(study.config(d, m).train.method) for m in SEARCH_METHODS}
+        defaults[d] = {m: to_dict(study.unit(d, m).config.train.method) for m in SEARCH_METHODS}
     settings = study.settings
     facts: dict[str, Fact] = {"tune_budget": settings.search_budget_epochs, "tune_lam_low": LAM[0],
                               "tune_lam_high": LAM[1],
@@ -227,9 +225,9 @@ def compute(study: Study, datasets: list[str] | None = None) -> Tuning:
             facts[f"{key}_lam_position"] = lam_position(lam) if lam is not None else float("nan")
             if m == "aalp":
                 if best:
-                    selected[d] = study.config(d, m, overrides=best["overrides"]).train.method
+                    selected[d] = study.unit(d, m, overrides=best["overrides"]).config.train.method
                 facts[f"{key}_modules"] = Phrase(modules(selected[d]) if best else "no complete trial")
-    facts["tune_reconstruction"] = Phrase(reconstruction(selected, study.config(datasets[0], "aalp").train.method)
+    facts["tune_reconstruction"] = Phrase(reconstruction(selected, study.unit(datasets[0], "aalp").config.train.method)
                                           if selected else "no search has a complete AALP trial")
     return Tuning(datasets, records, defaults, facts)
 
