@@ -170,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--data-dir", default=None, help="datasets (default: data/ of the repository)")
     search.add_argument("--search-dir", default=None, help="study and record (default: results/<profile>/search)")
     search.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
+    tune = commands.add_parser(
+        "tune", help="the tuning study: noise floor, structured arms, confirmation on seeds (validation only)",
+        description="Run the tuning study of aalp/tuning.py on a profile's datasets: the noise floor (ALP and "
+                    "AALP at their settings on the comparison seeds), every declared arm's λ (and β) trials, "
+                    "then the best trials of each arm on more seeds; every unit is scored on validation images "
+                    "only. Everything is cached: killed, it continues. Records: results/<profile>/tuning/.")
+    tune.add_argument("--profile", default="smoke", help="smoke | cpu | paper (default: smoke)")
+    tune.add_argument("--datasets", nargs="+", metavar="DATASET", help="default: the profile's datasets")
+    tune.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (default: 1)")
     own = commands.add_parser(
         "evaluate-model", help="evaluate your own model (safetensors weights) with the book's protocol",
         description="Evaluate a model of a registered architecture whose weights you trained elsewhere "
@@ -272,6 +281,18 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from .config import experiments
+    from .grid import check
+    from .tuning import run
+
+    check(args.profile, args.jobs)
+    datasets = args.datasets or list(experiments(args.profile).datasets)
+    for path in run(args.profile, datasets, jobs=args.jobs):
+        print(f"record: {path}")
+    return 0
+
+
 def _notebooks(args: argparse.Namespace) -> int:
     """``reproduce`` and ``book``: a failing notebook or book build exits with status 1."""
     from .reproduce import NotebookFailed, build_book, default_book_profile, reproduce
@@ -336,7 +357,7 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "data": _data, "grid": _grid, "evaluate-model": _evaluate_model, "search": _search, "reproduce": _notebooks,
+    "data": _data, "grid": _grid, "tune": _tune, "evaluate-model": _evaluate_model, "search": _search, "reproduce": _notebooks,
     "book": _notebooks, "config": _config, "train": _runs, "evaluate": _runs, "run": _runs}
 """What each command does, after its arguments are parsed."""
 

@@ -82,27 +82,45 @@ def check(profile: str, jobs: int = 1, cluster: str | None = None) -> None:
         raise ConfigError(f"unknown cluster {cluster!r}; choose one of {', '.join(CLUSTERS)}")
 
 
-def is_done(unit: Unit, runs_dir: Path) -> bool:
-    """Whether ``unit`` is trained and evaluated in ``runs_dir`` (nothing left to compute)."""
+SCORES = ("test", "validation")
+"""What a unit is scored on after training: its evaluation on test images (:func:`aalp.evaluate.evaluate_run`),
+or its selection score on validation images (:func:`aalp.search.score_unit`; a tuning unit never sees test)."""
+
+
+def is_done(unit: Unit, runs_dir: Path, score: str = "test", data_dir: str | Path = "data") -> bool:
+    """Whether ``unit`` is trained and scored (``score``: :data:`SCORES`) in ``runs_dir`` (nothing left to do)."""
+    from .search import validation_score_of
+
     cfg = unit.config
-    return is_trained(cfg.train, runs_dir) and eval_path(run_dir(cfg.train, runs_dir), cfg.eval).exists()
+    if not is_trained(cfg.train, runs_dir):
+        return False
+    if score == "validation":
+        return validation_score_of(unit, runs_dir, data_dir) is not None
+    return eval_path(run_dir(cfg.train, runs_dir), cfg.eval).exists()
 
 
 def run_unit(unit: Unit, runs_dir: str | Path, data_dir: str | Path,
-             threads: int | None = None) -> dict[str, Any]:
+             threads: int | None = None, score: str = "test") -> dict[str, Any]:
     """Train ``unit`` (with its configuration's thread count) and evaluate it with ``threads`` torch
     threads, each only if not cached; return a
     summary: the run hash, clean and worst-case accuracy, and the per-image worst-case bits."""
     if threads is not None:
         torch.set_num_threads(threads)
     train(unit.config.train, runs_root=runs_dir, data_root=data_dir, progress=False, log=_silent)
-    return summary(unit, runs_dir, data_dir)
+    return summary(unit, runs_dir, data_dir, score)
 
 
-def summary(unit: Unit, runs_dir: str | Path, data_dir: str | Path) -> dict[str, Any]:
+def summary(unit: Unit, runs_dir: str | Path, data_dir: str | Path, score: str = "test") -> dict[str, Any]:
     """The run hash, clean and worst-case accuracy and per-image worst-case bits of a trained ``unit``
-    (evaluated first if its evaluation is not cached)."""
+    (evaluated first if its evaluation is not cached); with ``score="validation"``, its clean and robust
+    validation accuracy instead (:func:`aalp.search.score_unit`)."""
     cfg = unit.config
+    if score == "validation":
+        from .search import score_unit
+
+        scored = score_unit(unit, runs_dir, data_dir)
+        return {"unit": str(unit), "run": run_dir(cfg.train, runs_dir).name, "clean": scored["clean_accuracy"],
+                "worst_case": scored["robust_accuracy"], "robust": scored["robust"]}
     directory = run_dir(cfg.train, runs_dir)
     results = evaluate_run(directory, cfg.eval, data_root=data_dir, log=_silent)
     return {"unit": str(unit), "run": directory.name, "clean": results["attacks"]["clean"]["accuracy"],
@@ -150,7 +168,8 @@ def lanes(jobs: int, cluster: str | None, folder: Path, slurm: dict[str, Any] | 
 def run_grid(units: Sequence[Unit], *, runs_dir: str | Path, data_dir: str | Path = "data",
              jobs: int = 1, cluster: str | None = None, threads: int | None = None,
              cluster_folder: str | Path | None = None, slurm: dict[str, Any] | None = None,
-             progress: bool = True, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+             progress: bool = True, log: Callable[[str], None] | None = None,
+             score: str = "test") -> list[dict[str, Any]]:
     """Train and evaluate every unit not yet done, ``jobs`` at a time (or as cluster jobs); return the
     summaries (:func:`run_unit`) of all units, in the order given.
 
@@ -161,12 +180,16 @@ def run_grid(units: Sequence[Unit], *, runs_dir: str | Path, data_dir: str | Pat
         cluster: ``None`` (worker processes here), ``"slurm"``, or ``"local"`` (submitit's local executor).
         cluster_folder: where submitit keeps job scripts and logs (default: ``<runs_dir>/../submitit``).
         slurm: extra submitit parameters, e.g. ``{"slurm_partition": "cpu", "cpus_per_task": 4}``.
+        score: ``"test"`` (the evaluation) or ``"validation"`` (the selection score; :data:`SCORES`): with
+            the latter, "worst case" in the summaries is the validation APGD accuracy.
     """
     profiles = sorted({u.profile for u in units})
     if len(profiles) > 1:
         raise ConfigError(f"a grid runs the units of one profile, got {', '.join(profiles)}")
     profile = profiles[0] if profiles else "smoke"
     check(profile, jobs, cluster)
+    if score not in SCORES:
+        raise ConfigError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
     runs_dir, data_dir = Path(runs_dir), Path(data_dir)
     # every configuration is valid before anything runs; units that are one model (a tuned arm and the
     # ablation's variant of the same configuration) are trained once
@@ -176,15 +199,15 @@ def run_grid(units: Sequence[Unit], *, runs_dir: str | Path, data_dir: str | Pat
     unique = list(first.values())
     threads = lane_threads(jobs, cluster, threads)
     write = log or (lambda message: print(message, file=sys.stderr, flush=True))
-    todo = [u for u in unique if not is_done(u, runs_dir)]
+    todo = [u for u in unique if not is_done(u, runs_dir, score, data_dir)]
     write(f"grid {profile}: {len(unique)} units, {len(unique) - len(todo)} done, {len(todo)} to run "
           + (f"in {jobs} lane(s) × {threads} thread(s)" if cluster is None else f"as {cluster} jobs"))
     if todo:
         folder = Path(cluster_folder) if cluster_folder else runs_dir.parent / "submitit"
         with lanes(jobs, cluster, folder, slurm) as pool:
             _wait(pool, todo, len(unique), runs_dir, data_dir, threads, progress, write,
-                  workers=jobs if cluster is None else None)
-    return [summary(u, runs_dir, data_dir) for u in units]  # all evaluated now: reads only
+                  workers=jobs if cluster is None else None, score=score)
+    return [summary(u, runs_dir, data_dir, score) for u in units]  # all evaluated now: reads only
 
 
 def _running(job: Any) -> bool:
@@ -193,13 +216,14 @@ def _running(job: Any) -> bool:
 
 
 def _wait(executor: Any, todo: list[Unit], total: int, runs_dir: Path, data_dir: Path,
-          threads: int | None, progress: bool, write: Callable[[str], None], workers: int | None = None) -> None:
+          threads: int | None, progress: bool, write: Callable[[str], None], workers: int | None = None,
+          score: str = "test") -> None:
     """Submit ``todo`` and show done / running / left with an ETA until every unit finished. ``workers``: the
     worker processes of a local pool, which marks as running the units queued to its workers too."""
     from tqdm import tqdm
 
     started = time.monotonic()
-    pending = {executor.submit(run_unit, u, runs_dir, data_dir, threads): u for u in todo}
+    pending = {executor.submit(run_unit, u, runs_dir, data_dir, threads, score): u for u in todo}
     interactive = sys.stderr.isatty()  # in a log file, the bar is redrawn at most once a minute
     bar = tqdm(total=total, initial=total - len(todo), desc="units", unit="unit", disable=not progress,
                file=sys.stderr, mininterval=0.1 if interactive else 60)

@@ -274,6 +274,21 @@ def validation_score(directory: Path, epoch: int, images: ArrayDataset, *,
     return result
 
 
+def score_unit(unit: Unit, runs_dir: str | Path, data_dir: str | Path, *, device: str | None = None) -> dict[str, Any]:
+    """The selection score of a trained ``unit`` after its last epoch on the default validation images
+    (``min(1000, data.val_size)``), computed if not cached."""
+    cfg = unit.config.train
+    images = validation_images(cfg, data_dir, min(VAL_IMAGES, cfg.data.val_size))
+    return validation_score(run_dir(cfg, runs_dir), cfg.epochs, images, device=device)
+
+
+def validation_score_of(unit: Unit, runs_dir: str | Path, data_dir: str | Path) -> float | None:
+    """The cached selection score of :func:`score_unit`, or ``None`` if it is not computed yet (reads only)."""
+    cfg = unit.config.train
+    path = score_path(run_dir(cfg, runs_dir), cfg.epochs, cfg, min(VAL_IMAGES, cfg.data.val_size))
+    return json.loads(path.read_text())["robust_accuracy"] if path.exists() else None
+
+
 # ----------------------------------------------------------------------------------------------------
 # The search
 # ----------------------------------------------------------------------------------------------------
