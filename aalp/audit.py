@@ -51,19 +51,18 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .attacks import STEP_SCALE, AttackBudget, LossName, eval_mode
-from .checkpoint import CheckpointError, file_lock, write_json
-from .evaluate import _bits, below_clean_loss, predict, robust_flags
-from .runs import audit_path
+from .evaluate import below_clean_loss, predict, robust_flags
+from .runs import audit_path, cached_json, decode_bits, encode_bits
 
 AUDIT_VERSION = 2
 """Part of every cached audit's key: raise it when :func:`audit` changes what it measures."""
@@ -136,13 +135,6 @@ def square_flags(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, queries:
     return robust_flags(model, x, y, attack, eps=eps, batch_size=batch_size, correct=correct, name="Square")
 
 
-def square_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, queries: int = 5000,
-                    restarts: int = 1, seed: int = 0, batch_size: int = 500) -> float:
-    """Accuracy under the Square attack (:func:`square_flags`)."""
-    return _accuracy(square_flags(model, x, y, eps, queries=queries, restarts=restarts, seed=seed,
-                                  batch_size=batch_size))
-
-
 def transfer_flags(surrogate: nn.Module, model: nn.Module, x: Tensor, y: Tensor, eps: float,
                    budget: AttackBudget, *, seed: int = 0, correct: Tensor | None = None,
                    batch_size: int = 500) -> Tensor:
@@ -152,12 +144,6 @@ def transfer_flags(surrogate: nn.Module, model: nn.Module, x: Tensor, y: Tensor,
                         batch_size=batch_size, correct=correct, name="transfer")
 
 
-def transfer_accuracy(surrogate: nn.Module, model: nn.Module, x: Tensor, y: Tensor, eps: float, *,
-                      steps: int = 40, batch_size: int = 500) -> float:
-    """Accuracy of ``model`` on CE-PGD-``steps`` examples crafted against ``surrogate``."""
-    return _accuracy(transfer_flags(surrogate, model, x, y, eps, AttackBudget(steps), batch_size=batch_size))
-
-
 def best_white_box(result: dict[str, Any]) -> float:
     """The white-box accuracy of an :func:`audit` result: the per-image worst case over every white-box
     attack with the largest step count (CE and CW, with and without random start, with restarts)."""
@@ -165,14 +151,15 @@ def best_white_box(result: dict[str, Any]) -> float:
 
 
 def _from_bits(bits: str) -> Tensor:
-    return torch.tensor([c == "1" for c in bits], dtype=torch.bool)
+    """A bit string as a bool tensor (CPU)."""
+    return torch.from_numpy(decode_bits(bits)).bool()
 
 
 def merge_bits(*bits: str) -> str:
     """The per-image worst case of robustness bit strings: ``'1'`` only where every one is ``'1'``."""
     if not bits or len({len(b) for b in bits}) != 1:
         raise ValueError("merge_bits needs one or more bit strings of one length")
-    return "".join("1" if all(c == "1" for c in column) else "0" for column in zip(*bits))
+    return encode_bits(np.logical_and.reduce([decode_bits(b) for b in bits]))
 
 
 def final_worst_case(worst_case: str, result: dict[str, Any]) -> float:
@@ -281,7 +268,7 @@ def audit(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, full: bool = Tr
     with eval_mode(model):
         correct = predict(model, x, batch_size) == y
     result: dict[str, Any] = {"eps": eps, "n": len(x), "full": full, "k": k,
-                              "clean": {"accuracy": _accuracy(correct), "robust": _bits(correct)}}
+                              "clean": {"accuracy": _accuracy(correct), "robust": encode_bits(correct)}}
 
     def flags(e: float, b: AttackBudget, loss: LossName = "ce", restart: int = 0,
               easier: Tensor | None = None) -> Tensor:
@@ -317,12 +304,12 @@ def audit(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, full: bool = Tr
                 break
         name = AttackBudget(k, restarts=done, step_scale=step_scale).name(loss)
         attacks[name] = {"loss": loss, "steps": k, "random_start": True, "restarts": done,
-                         "accuracy": curve[-1]["accuracy"], "robust": _bits(robust), "restart_curve": curve,
+                         "accuracy": curve[-1]["accuracy"], "robust": encode_bits(robust), "restart_curve": curve,
                          "converged": len(curve) > 1 and curve[-1]["accuracy"] >= curve[-2]["accuracy"]}
         fixed = flags(eps, budget(k, random_start=False), loss)
         attacks[budget(k, random_start=False).name(loss)] = {
             "loss": loss, "steps": k, "random_start": False, "restarts": 1,
-            "accuracy": _accuracy(fixed), "robust": _bits(fixed)}
+            "accuracy": _accuracy(fixed), "robust": encode_bits(fixed)}
     white_names = list(attacks)
     result["best_white_box"] = _merged(attacks, white_names)
     best_white = _from_bits(result["best_white_box"]["robust"])
@@ -340,7 +327,7 @@ def audit(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, full: bool = Tr
         square = square_flags(model, x, y, eps, queries=square_queries, restarts=restarts, seed=seed,
                               correct=correct, batch_size=batch_size)
         attacks["square"] = {"queries": square_queries, "restarts": restarts, "reason": reason,
-                             "accuracy": _accuracy(square), "robust": _bits(square)}
+                             "accuracy": _accuracy(square), "robust": encode_bits(square)}
         result["square"] = attacks["square"]["accuracy"]
         result["square_attack"] = {key: attacks["square"][key] for key in ("queries", "restarts", "reason",
                                                                           "accuracy")}
@@ -348,7 +335,7 @@ def audit(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, full: bool = Tr
             transfer = transfer_flags(surrogate, model, x, y, eps, budget(k), seed=seed, correct=correct,
                                       batch_size=batch_size)
             attacks["transfer"] = {"steps": k, "accuracy": _accuracy(transfer),
-                                   "robust": _bits(transfer)}
+                                   "robust": encode_bits(transfer)}
             result["transfer"] = attacks["transfer"]["accuracy"]
     result["attacks"] = attacks
     result["worst_case"] = _merged(attacks, list(attacks))
@@ -472,15 +459,7 @@ def cached_audit(directory: str | Path, model: nn.Module, x: Tensor, y: Tensor, 
     key = {"version": AUDIT_VERSION, "eps": eps, "images": images,
            "surrogate": surrogate_name if params["full"] else None,
            **{k: list(v) if isinstance(v, (tuple, list)) else v for k, v in sorted(params.items())}}
-    directory = Path(directory)
-    path = audit_path(directory, key)
-    with file_lock(directory / f".{path.stem}.lock"):  # two notebooks auditing one model run it once
-        if path.exists():
-            try:
-                return json.loads(path.read_text())["result"]
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-                raise CheckpointError(f"cached audit {path} is unreadable ({type(err).__name__}); delete it "
-                                      "to audit again") from None
-        result = audit(model, x, y, eps, surrogate=surrogate, **kwargs)
-        write_json(path, {"key": key, "result": result})
-    return result
+    # two notebooks auditing one model run it once (runs.cached_json holds the file's lock)
+    return cached_json(audit_path(Path(directory), key),
+                       lambda: {"key": key, "result": audit(model, x, y, eps, surrogate=surrogate, **kwargs)},
+                       what="audit", verb="audit", read=lambda stored: stored["result"])

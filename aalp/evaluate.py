@@ -14,7 +14,6 @@ PGD-AT / TRADES / MART, the signature of masked gradients (Mosbach et al. 2018; 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -27,10 +26,10 @@ from torch.nn import functional as F
 
 from . import faults
 from .attacks import eval_mode, fgsm
-from .checkpoint import CheckpointError, file_lock, write_json
+from .checkpoint import CheckpointError
 from .config import EvalConfig, to_dict
 from .data import ArrayDataset, load_dataset, stratified_order
-from .runs import eval_path, load_run, read_history
+from .runs import cached_json, encode_bits, eval_path, load_run, read_history
 
 AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
@@ -83,10 +82,6 @@ def robust_flags(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[[Tenso
             if observe is not None:
                 observe(index, x_adv)
     return robust
-
-
-def _bits(flags: Tensor) -> str:
-    return "".join("1" if f else "0" for f in flags.tolist())
 
 
 class _CollectWarnings(logging.Handler):
@@ -159,7 +154,7 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig,
         clean = predict(model, x, cfg.batch_size) == y
         flags = {"clean": clean}
         results["attacks"]["clean"] = {"accuracy": clean.float().mean().item(), "n": len(x),
-                                       "seconds": time.perf_counter() - started, "robust": _bits(clean)}
+                                       "seconds": time.perf_counter() - started, "robust": encode_bits(clean)}
         for name, n, attack in attacks:
             started = time.perf_counter()
             easier = torch.zeros_like(clean[:n])
@@ -172,7 +167,7 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig,
                                   observe=observe if name == pgd_name else None)
             flags[name] = robust
             results["attacks"][name] = {"accuracy": robust.float().mean().item(), "n": n,
-                                        "seconds": time.perf_counter() - started, "robust": _bits(robust)}
+                                        "seconds": time.perf_counter() - started, "robust": encode_bits(robust)}
             if name == pgd_name:  # fraction of the correctly classified images, 0 when there are none
                 results["attacks"][name]["adv_easier"] = easier.sum().item() / max(1, clean[:n].sum().item())
             log(f"  {name:>22}: {robust.float().mean().item():.2%} of {n} "
@@ -181,7 +176,7 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig,
     n_common = min(len(f) for f in flags.values())
     worst = torch.stack([f[:n_common] for f in flags.values()]).all(0)
     results["worst_case"] = {"accuracy": worst.float().mean().item(), "n": n_common,
-                             "attacks": list(flags), "robust": _bits(worst)}
+                             "attacks": list(flags), "robust": encode_bits(worst)}
     results["autoattack_warnings"] = warnings
     return results
 
@@ -209,29 +204,20 @@ def evaluate_run(directory: str | Path, cfg: EvalConfig, *, data_root: str | Pat
     """
     directory = Path(directory)
     path = eval_path(directory, cfg)
-    with file_lock(directory / f".{path.stem}.lock"):  # concurrent evaluations of one config run it once
-        cached = _read_cached(path, cfg)
-        if cached is not None:
-            return cached
-        return _evaluate_locked(directory, path, cfg, data_root, device, log)
+    # concurrent evaluations of one config run it once (runs.cached_json holds the file's lock)
+    return cached_json(path, lambda: _evaluate(directory, cfg, data_root, device, log), what="evaluation",
+                       verb="evaluate", read=lambda cached: _current(cached, path, cfg))
 
 
-def _read_cached(path: Path, cfg: EvalConfig) -> dict[str, Any] | None:
-    """A cached evaluation of exactly ``cfg`` by this :data:`EVAL_VERSION`; ``None`` if there is none (an
-    older version's file is evaluated again and replaced).
+def _current(cached: dict[str, Any], path: Path, cfg: EvalConfig) -> dict[str, Any] | None:
+    """``cached`` if it is an evaluation of exactly ``cfg`` by this :data:`EVAL_VERSION`; ``None`` if an
+    older version made it (it is evaluated again and replaced).
 
     Raises:
-        CheckpointError: the file is unreadable (truncated or corrupt); the message says to delete it.
+        KeyError, TypeError: no ``eval_config`` (:func:`aalp.runs.cached_json` refuses the file).
+        CheckpointError: another configuration made it; the message says to delete it.
     """
-    if not path.exists():
-        return None
-    try:
-        cached = json.loads(path.read_text())
-        stored = cached["eval_config"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"cached evaluation {path} is unreadable ({type(err).__name__}); delete it "
-                              "to evaluate again") from None
-    if stored != to_dict(cfg):
+    if cached["eval_config"] != to_dict(cfg):
         raise CheckpointError(f"cached evaluation {path} was made with a different configuration; delete it "
                               "to evaluate again")
     if cached.get("eval_version", 1) != EVAL_VERSION:  # made by code that measured or recorded less
@@ -239,8 +225,9 @@ def _read_cached(path: Path, cfg: EvalConfig) -> dict[str, Any] | None:
     return cached
 
 
-def _evaluate_locked(directory: Path, path: Path, cfg: EvalConfig, data_root: str | Path, device: str | None,
-                     log: Callable[[str], None]) -> dict[str, Any]:
+def _evaluate(directory: Path, cfg: EvalConfig, data_root: str | Path, device: str | None,
+              log: Callable[[str], None]) -> dict[str, Any]:
+    """Evaluate the trained run in ``directory`` on :func:`evaluation_set` (the results, not yet written)."""
     model, train_cfg = load_run(directory, device)
     finished = len(read_history(directory))
     if finished < train_cfg.epochs:
@@ -253,5 +240,4 @@ def _evaluate_locked(directory: Path, path: Path, cfg: EvalConfig, data_root: st
     results = robustness(model, x, y, cfg, log=log)
     results.update({"eval_config": to_dict(cfg), "eval_version": EVAL_VERSION, "run": directory.name,
                     "seconds": time.perf_counter() - started})
-    write_json(path, results)
     return results

@@ -8,7 +8,6 @@ numbers to ``results/<profile>/<notebook>.json``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,7 +25,7 @@ from .data import ArrayDataset, load_dataset, subset
 from .evaluate import autoattack_entry, evaluate_run, evaluation_set
 from .models import Classifier
 from .publish import Fact, as_json, publish
-from .runs import ROOT, is_trained, load_run, read_history, results_dir, run_dir
+from .runs import ROOT, decode_bits, is_trained, load_run, read_history, results_dir, run_dir
 from .train import load_data, train
 from .unit import Unit
 
@@ -67,7 +66,7 @@ class Run:
 
     def bits(self, attack: str = "worst_case") -> np.ndarray:
         """Per evaluated image, 1 where it survived ``attack`` (see :meth:`entry`)."""
-        return np.frombuffer(self.entry(attack)["robust"].encode(), dtype=np.uint8) - ord("0")
+        return decode_bits(self.entry(attack)["robust"])
 
     @property
     def warnings(self) -> list[str]:
@@ -174,10 +173,3 @@ class Study:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
         return self.save(notebook, {"facts": as_json(facts), **(details or {})})
-
-    def load(self, notebook: str) -> dict[str, Any]:
-        """The results another notebook of this profile saved."""
-        path = self.results_dir / f"{notebook}.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing; run the {notebook} notebook first")
-        return json.loads(path.read_text())

@@ -7,25 +7,29 @@ A run lives in ``<runs>/<config hash>/`` (``<hash>-p<N>`` when N > 1 data-parall
   (the last epoch keeps the model only: a finished run is never resumed, and the cache stays small);
 - ``metrics.jsonl``: one JSON line per finished epoch (loss parts, validation accuracy, seconds);
 - ``eval-<hash of the EvalConfig>.json``: one per evaluation (:mod:`aalp.evaluate`);
-- ``audit-<hash of the audit's key>.json``: one per gradient-masking audit (:mod:`aalp.audit`);
-- ``.lock``, ``.eval-….lock``, ``.audit-….lock``: the file locks that make two processes asking for the
-  same training, evaluation or audit do the work once (:func:`aalp.checkpoint.file_lock`; on a cluster the
-  cache must be on a filesystem whose ``flock`` works across nodes).
+- ``audit-<digest of the audit's key>.json``: one per gradient-masking audit (:mod:`aalp.audit`);
+- ``val-<epoch>-<digest of the score's key>.json``: one per validation score of the search (:mod:`aalp.search`);
+- ``.lock``, ``.eval-….lock``, ``.audit-….lock``, ``.val-….lock``: the file locks that make two processes
+  asking for the same training, evaluation, audit or score do the work once (:func:`aalp.checkpoint.file_lock`,
+  :func:`cached_json`; on a cluster the cache must be on a filesystem whose ``flock`` works across nodes).
 
-:mod:`aalp.train`, :mod:`aalp.evaluate` and :mod:`aalp.audit` write these files; everything that reads a
-run goes through this module.
+Per-image results are bit strings, ``'1'`` where an image is robust (:func:`encode_bits`, :func:`decode_bits`).
+:mod:`aalp.train`, :mod:`aalp.evaluate`, :mod:`aalp.audit` and :mod:`aalp.search` write these files, by
+the names defined here; everything that reads a run goes through this module.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, file_lock, load_checkpoint, write_json
 from .config import EvalConfig, TrainConfig, config_hash, train_config_from_dict
 from .data import DATASETS
 from .models import Classifier, build_model
@@ -36,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
+LOCK = ".lock"
+"""The lock of a run's training (:func:`aalp.train.train`)."""
 
 
 def results_dir(profile: str, root: Path = ROOT) -> Path:
@@ -58,10 +64,79 @@ def eval_path(directory: Path, cfg: EvalConfig) -> Path:
     return Path(directory) / f"eval-{config_hash(cfg)}.json"
 
 
+def digest(key: Any) -> str:
+    """12 hex digits of the SHA-256 of the canonical JSON (sorted keys) of ``key`` (JSON-ready)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def audit_path(directory: Path, key: dict[str, Any]) -> Path:
     """The cached audit of the run in ``directory`` whose inputs are ``key`` (JSON-ready)."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(directory) / f"audit-{digest}.json"
+    return Path(directory) / f"audit-{digest(key)}.json"
+
+
+def audit_paths(directory: Path) -> list[Path]:
+    """Every cached audit of the run in ``directory`` (:func:`audit_path`), in name order."""
+    return sorted(Path(directory).glob("audit-*.json"))
+
+
+def score_path(directory: Path, epoch: int, key: dict[str, Any]) -> Path:
+    """The cached validation score of the run in ``directory`` after ``epoch`` epochs whose inputs are
+    ``key`` (JSON-ready)."""
+    return Path(directory) / f"val-{epoch}-{digest(key)}.json"
+
+
+def _document(data: Any) -> Any:
+    return data
+
+
+def cached_json(path: Path, compute: Callable[[], Any], *, what: str, verb: str,
+                read: Callable[[Any], Any] = _document) -> Any:
+    """``read`` of the JSON document cached at ``path``, else of ``compute()``'s, written there atomically.
+
+    All of it holds the file lock ``.<stem>.lock`` beside ``path``, so two processes asking at once compute
+    once. ``read`` turns a document into the value returned: it raises ``KeyError``, ``TypeError`` or
+    ``ValueError`` on a malformed one, :class:`~aalp.checkpoint.CheckpointError` on one it refuses, and
+    returns ``None`` on a stale one, which is computed again and replaced.
+
+    Raises:
+        CheckpointError: the cached file is unreadable; the one-line message names it and says to delete it
+            to ``verb`` again (``what`` names the file's kind: "evaluation", "audit", …).
+    """
+    path = Path(path)
+    with file_lock(path.parent / f".{path.stem}.lock"):
+        if path.exists():
+            try:
+                value = read(json.loads(path.read_text()))
+            except (ValueError, KeyError, TypeError) as err:  # ValueError: bad JSON or UTF-8 too
+                raise CheckpointError(f"cached {what} {path} is unreadable ({type(err).__name__}); delete it "
+                                      f"to {verb} again") from None
+            if value is not None:
+                return value
+        document = compute()
+        write_json(path, document)
+        return read(document)
+
+
+def encode_bits(flags: torch.Tensor | np.ndarray | Sequence[bool]) -> str:
+    """Per-image flags as a bit string: ``'1'`` where a flag is true, ``'0'`` where it is false."""
+    if isinstance(flags, torch.Tensor):
+        flags = flags.detach().cpu().numpy()
+    values = np.asarray(flags, dtype=bool)
+    if values.ndim != 1:
+        raise ValueError(f"encode_bits needs one flag per image, got shape {values.shape}")
+    return (values.astype(np.uint8) + ord("0")).tobytes().decode("ascii")
+
+
+def decode_bits(text: str) -> np.ndarray:
+    """A bit string (:func:`encode_bits`) as per-image ``uint8`` values, 1 where it holds ``'1'``.
+
+    Raises:
+        ValueError: a character other than ``'0'`` and ``'1'``.
+    """
+    values = np.frombuffer(text.encode(), dtype=np.uint8) - ord("0")
+    if values.size and values.max() > 1:
+        raise ValueError(f"not a bit string of '0' and '1': {text[:40]!r}")
+    return values
 
 
 def read_history(directory: Path) -> list[dict[str, Any]]:

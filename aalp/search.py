@@ -43,7 +43,6 @@ comparison.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import time
@@ -59,7 +58,8 @@ from .checkpoint import file_lock, write_json
 from .config import ConfigError, RunConfig, TrainConfig, check_profile, config_hash, experiments
 from .data import DATASETS, ArrayDataset, subset
 from .methods import WEIGHTINGS
-from .runs import ROOT, load_run, read_config, read_history, results_dir, run_dir
+from .runs import (ROOT, cached_json, encode_bits, load_run, read_config, read_history, results_dir, run_dir,
+                   score_path)
 from .selection import best_so_far, finished, record_path
 from .unit import Unit
 
@@ -224,28 +224,32 @@ def validation_images(cfg: TrainConfig, data_root: str | Path, n: int) -> ArrayD
     return subset(validation_set(cfg, data_root), n, "balanced", seed=0)
 
 
-def score_path(directory: Path, epoch: int, cfg: TrainConfig, n: int) -> Path:
-    """The cached validation score of the run in ``directory`` after ``epoch`` epochs on ``n`` images."""
-    key = {"epoch": epoch, "n": n, "val_size": cfg.data.val_size, "eps": cfg.eps,
-           "attacks": "autoattack-apgd (APGD-CE + APGD-T)", "seed": SCORE_SEED}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(directory) / f"val-{epoch}-{digest}.json"
+def _score_key(epoch: int, cfg: TrainConfig, n: int) -> dict[str, Any]:
+    """What a validation score after ``epoch`` epochs on ``n`` images depends on, beside its run
+    (its cache file is :func:`aalp.runs.score_path` of it)."""
+    return {"epoch": epoch, "n": n, "val_size": cfg.data.val_size, "eps": cfg.eps,
+            "attacks": "autoattack-apgd (APGD-CE + APGD-T)", "seed": SCORE_SEED}
 
 
 def validation_score(directory: Path, epoch: int, images: ArrayDataset, *,
                      device: str | None = None) -> dict[str, Any]:
     """Robust accuracy of the run in ``directory`` after ``epoch`` epochs under APGD-CE + APGD-T at its
-    ``eps`` on ``images`` (validation images only), read from or written to :func:`score_path`.
+    ``eps`` on ``images`` (validation images only), read from or written to :func:`aalp.runs.score_path`
+    under its lock (:func:`aalp.runs.cached_json`: two processes asking at once score it once).
 
     Raises:
         RuntimeError: the run's checkpoint is not at ``epoch`` and no score of that epoch is cached.
+        CheckpointError: the cached score is unreadable; the message says to delete it.
     """
+    path = score_path(directory, epoch, _score_key(epoch, read_config(directory), len(images)))
+    return cached_json(path, lambda: _score(directory, epoch, images, device), what="validation score",
+                       verb="score")
+
+
+def _score(directory: Path, epoch: int, images: ArrayDataset, device: str | None) -> dict[str, Any]:
+    """:func:`validation_score` computed (not yet written)."""
     from .evaluate import autoattack, predict, robust_flags
 
-    cfg = read_config(directory)
-    path = score_path(directory, epoch, cfg, len(images))
-    if path.exists():
-        return json.loads(path.read_text())
     finished = len(read_history(directory))
     if finished != epoch:
         raise RuntimeError(f"run {directory} is at epoch {finished}, and its validation score after epoch "
@@ -267,10 +271,8 @@ def validation_score(directory: Path, epoch: int, images: ArrayDataset, *,
     result = {"run": Path(directory).name, "epoch": epoch, "n": len(y), "eps": cfg.eps,
               "attacks": "autoattack-apgd", "seed": SCORE_SEED,
               "robust_accuracy": robust.float().mean().item(), "clean_accuracy": clean.float().mean().item(),
-              "robust": "".join("1" if f else "0" for f in robust.tolist()),
-              "clean": "".join("1" if f else "0" for f in clean.tolist()),
+              "robust": encode_bits(robust), "clean": encode_bits(clean),
               "autoattack_warnings": warnings, "seconds": time.perf_counter() - started}
-    write_json(path, result)
     return result
 
 
@@ -285,7 +287,7 @@ def score_unit(unit: Unit, runs_dir: str | Path, data_dir: str | Path, *, device
 def validation_score_of(unit: Unit, runs_dir: str | Path, data_dir: str | Path) -> float | None:
     """The cached selection score of :func:`score_unit`, or ``None`` if it is not computed yet (reads only)."""
     cfg = unit.config.train
-    path = score_path(run_dir(cfg, runs_dir), cfg.epochs, cfg, min(VAL_IMAGES, cfg.data.val_size))
+    path = score_path(run_dir(cfg, runs_dir), cfg.epochs, _score_key(cfg.epochs, cfg, min(VAL_IMAGES, cfg.data.val_size)))
     return json.loads(path.read_text())["robust_accuracy"] if path.exists() else None
 
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from . import __version__, conflict, distributed, faults
 from .attacks import PGD, eval_mode
 from .checkpoint import atomic_write, file_lock, load_checkpoint, read_metadata, save_checkpoint, write_json
-from .runs import new_model, pick_device, run_dir
+from .runs import CHECKPOINT, CONFIG, LOCK, METRICS, new_model, pick_device, run_dir
 from .config import OptimConfig, TrainConfig, to_dict
 from .data import ArrayDataset, holdout, load_dataset, subset
 from .methods import Method, MethodOutput
@@ -183,7 +183,7 @@ def train(cfg: TrainConfig, *, runs_root: str | Path = "runs", data_root: str | 
     if not distributed.is_writer():
         progress, log = False, _silent
     # a second process on the same config waits, then reuses the run; under torchrun rank 0 holds the lock
-    with file_lock(directory / ".lock") if distributed.is_writer() else nullcontext():
+    with file_lock(directory / LOCK) if distributed.is_writer() else nullcontext():
         with intra_op_threads(cfg.threads if dev.type == "cpu" else None):
             _train_locked(cfg, directory, train_data, val_data, trace_data, dev, progress, callback, stop_after, log,
                           channels_last, dev.type == "cuda" if bf16 is None else bf16)
@@ -211,7 +211,7 @@ def _train_locked(cfg: TrainConfig, directory: Path, train_data: ArrayDataset, v
                   dev: torch.device, progress: bool, callback: BatchCallback | None, stop_after: int | None,
                   log: Callable[[str], None], channels_last: bool, bf16: bool) -> None:
     writer = distributed.is_writer()
-    config_path = directory / "config.json"
+    config_path = directory / CONFIG
     if writer:
         for leftover in directory.glob(".*.tmp"):  # half-written files of a killed process (we hold the lock)
             leftover.unlink()
@@ -225,7 +225,7 @@ def _train_locked(cfg: TrainConfig, directory: Path, train_data: ArrayDataset, v
     torch.manual_seed(cfg.seed)
     model = new_model(cfg).to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     optimizer = make_optimizer(model, cfg.optim)
-    checkpoint = directory / "checkpoint.safetensors"
+    checkpoint = directory / CHECKPOINT
     history: list[dict[str, Any]] = []
     if checkpoint.exists():
         finished = len(read_metadata(checkpoint)["history"]) >= cfg.epochs  # saved without optimiser state
@@ -271,5 +271,5 @@ def _train_locked(cfg: TrainConfig, directory: Path, train_data: ArrayDataset, v
 
 def _write_metrics(directory: Path, history: list[dict[str, Any]]) -> None:
     """``metrics.jsonl``: one JSON line per finished epoch, rewritten atomically from the checkpoint's history."""
-    atomic_write(directory / "metrics.jsonl",
+    atomic_write(directory / METRICS,
                  lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in history)))

@@ -22,7 +22,8 @@ from .data import DATASETS
 from .evaluate import autoattack_entry
 from .grid import is_done, main_grid
 from .models import Classifier
-from .runs import CHECKPOINT, ROOT, eval_path, is_trained, load_run, read_history, results_dir, run_dir
+from .runs import (CHECKPOINT, ROOT, audit_paths, eval_path, is_trained, load_run, read_history, results_dir,
+                   run_dir)
 from .selection import record_path
 from .unit import Unit
 
@@ -44,7 +45,7 @@ def _card(unit: Unit, directory: Path) -> dict[str, Any]:
     attacks = evaluation["attacks"]
     aa = autoattack_entry(evaluation)
     audits = []
-    for path in sorted(directory.glob("audit-*.json")):
+    for path in audit_paths(directory):
         stored = json.loads(path.read_text())
         audits.append({"audit": "full" if stored["key"]["full"] else "cheap", "passed": stored["result"]["passed"],
                        "masking_signals": stored["result"]["masking_signals"], "images": len(stored["result"]["worst_case"]["robust"])})

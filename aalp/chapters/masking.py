@@ -23,6 +23,7 @@ from ..experiments import Run, Study
 from ..figures import LABELS, order, palette
 from ..parameters import resolve
 from ..publish import Fact, Phrase
+from ..runs import decode_bits
 
 
 @dataclass
@@ -50,10 +51,6 @@ class Audits:
                            for (d, m, s, f), a in self.audits.items()]}
 
 
-def _bits(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode(), dtype=np.uint8) - ord("0")
-
-
 def _family(name: str, entry: dict[str, Any] | None = None) -> str:
     """A reader's name for an attack of the evaluation (``entry`` None) or of the audit."""
     if entry is None:
@@ -79,7 +76,7 @@ def strength_curve(run: Run, audit: dict[str, Any]) -> list[dict[str, Any]]:
         alive &= run.bits(name)[:n].astype(bool)
         points.append({"attacks": _family(name), "accuracy": float(alive.mean())})
     for name, entry in audit["attacks"].items():
-        alive &= _bits(entry["robust"]).astype(bool)
+        alive &= decode_bits(entry["robust"]).astype(bool)
         points.append({"attacks": _family(name, entry), "accuracy": float(alive.mean())})
     return [{"step": i, **p} for i, p in enumerate(points)]
 
