@@ -17,7 +17,7 @@ from typing import NoReturn
 
 import torch
 
-from . import faults
+from . import checks, faults
 from .checkpoint import CheckpointError, write_json
 from .config import EPS, ConfigError, RunConfig, check_profile, config_hash, profile, to_dict
 from .data import DATASETS, DataError, fetch
@@ -200,23 +200,13 @@ def _check_names(args: argparse.Namespace) -> None:
         if method not in METHODS:
             raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     check_profile(args.profile)
-    if getattr(args, "processes", None) is not None and args.processes < 1:
-        raise ConfigError(f"--processes must be an integer ≥ 1, got {args.processes}")
+    if getattr(args, "processes", None) is not None:
+        checks.integer("--processes", args.processes, 1)
     _check_device(args.device)
 
 
 def _check_device(name: str) -> None:
-    if name == "auto":
-        return
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ConfigError(f"device {name!r} is not available here "
-                          f"({torch.cuda.device_count()} CUDA devices); use --device cpu or auto")
+    checks.device(name)
 
 
 def _summary_row(method: str, seed: int, results: dict) -> str:

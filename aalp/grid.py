@@ -38,6 +38,7 @@ import torch
 from .arms import ARMS, method_of, overrides, seeds as arm_seeds
 from .config import ConfigError, RunConfig, check_profile, experiments, profile as profile_config
 from .evaluate import evaluate_run
+from . import checks
 from .parameters import check_parameters
 from .runs import eval_path, is_trained, run_dir
 from .train import train
@@ -88,10 +89,9 @@ def main_grid(profile: str, *, seeds: Sequence[int] | None = None, datasets: Seq
 def check(profile: str, jobs: int = 1, cluster: str | None = None) -> None:
     """Refuse a bad profile, job count or cluster before any compute (:class:`ConfigError`)."""
     check_profile(profile)
-    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
-        raise ConfigError(f"--jobs must be an integer ≥ 1, got {jobs!r}")
-    if cluster is not None and cluster not in CLUSTERS:
-        raise ConfigError(f"unknown cluster {cluster!r}; choose one of {', '.join(CLUSTERS)}")
+    checks.integer("--jobs", jobs, 1)
+    if cluster is not None:
+        checks.choice("cluster", cluster, CLUSTERS, what="cluster")
 
 
 def is_done(profile: str, unit: Unit, runs_dir: Path) -> bool:

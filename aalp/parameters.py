@@ -9,13 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .checks import is_integer as _is_int
 from .config import ConfigError
 from .data import DATASETS
 from .arms import ARMS
-
-
-def _is_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
