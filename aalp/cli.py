@@ -17,7 +17,7 @@ from typing import NoReturn
 
 import torch
 
-from . import faults
+from . import checks, faults
 from .checkpoint import CheckpointError, write_json
 from .arms import ARMS
 from .config import EPS, ConfigError, check_profile, config_hash, to_dict
@@ -203,8 +203,8 @@ def _units(args: argparse.Namespace) -> list[Unit]:
     """The units a config / train / evaluate / run command names (every name checked; nothing computed)."""
     methods = args.methods if hasattr(args, "methods") else [args.method]
     seeds = args.seeds if hasattr(args, "seeds") else [args.seed]
-    if getattr(args, "processes", None) is not None and args.processes < 1:
-        raise ConfigError(f"--processes must be an integer ≥ 1, got {args.processes}")
+    if getattr(args, "processes", None) is not None:
+        checks.integer("--processes", args.processes, 1)
     _check_device(args.device)
     units = [Unit(args.profile, args.dataset, m, s, tuple(args.overrides)) for m in methods for s in seeds]
     for unit in units:
@@ -213,17 +213,7 @@ def _units(args: argparse.Namespace) -> list[Unit]:
 
 
 def _check_device(name: str) -> None:
-    if name == "auto":
-        return
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ConfigError(f"device {name!r} is not available here "
-                          f"({torch.cuda.device_count()} CUDA devices); use --device cpu or auto")
+    checks.device(name)
 
 
 def _summary_row(method: str, seed: int, results: dict) -> str:

@@ -17,7 +17,9 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
+from . import checks
 from .attacks import STEP_SCALE, AttackBudget
+from .checks import ConfigError
 from .data import DATASETS
 from .methods import METHODS, TRADES, Method, make_method
 from .models import MODELS
@@ -29,10 +31,6 @@ PROFILES = ("smoke", "cpu", "paper")
 
 EPS: dict[str, float] = {"mnist": 0.3, "fashion-mnist": 0.1, "cifar10": 8 / 255, "svhn": 8 / 255}
 """The L∞ threat model per dataset, for training and evaluation."""
-
-
-class ConfigError(ValueError):
-    """An invalid configuration or override (raised before any compute)."""
 
 
 @dataclass(frozen=True)
@@ -161,15 +159,13 @@ class RunConfig:
 def _positive(name: str, value: int | None, allow_none: bool = False, minimum: int = 1) -> None:
     if value is None and allow_none:
         return
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+    checks.integer(name, value, minimum)
 
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Check a whole configuration before any compute; raise :class:`ConfigError` naming the bad value."""
     t, e = cfg.train, cfg.eval
-    if t.data.dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {t.data.dataset!r}; choose one of {', '.join(DATASETS)}")
+    checks.dataset(t.data.dataset)
     if t.model not in MODELS:
         raise ConfigError(f"unknown model {t.model!r}; choose one of {', '.join(MODELS)}")
     shape = DATASETS[t.data.dataset].input_shape
@@ -275,8 +271,7 @@ EXPERIMENTS: dict[str, Experiments] = {
 
 def check_profile(name: object) -> None:
     """Refuse an unknown profile name (:class:`ConfigError` naming the choices)."""
-    if name not in PROFILES:
-        raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    checks.choice("profile", name, PROFILES, what="profile")
 
 
 def experiments(name: str) -> Experiments:
@@ -297,10 +292,8 @@ def profile(name: str, dataset: str = "mnist", method: str = "aalp",
     rule ``α = step_scale · ε / steps``.
     """
     check_profile(name)
-    if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    checks.dataset(dataset)
+    checks.choice("method", method, METHODS, what="method")
     eps = EPS[dataset]
     small = DATASETS[dataset].input_shape[1] == 28
     meth = make_method(method, **_method_defaults(method, dataset))

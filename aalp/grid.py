@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from . import checks
 from .arms import ARMS, COMPARED, seeds as arm_seeds
 from .config import ConfigError, RunConfig, check_profile, experiments
 from .evaluate import evaluate_run
@@ -76,10 +77,9 @@ def main_grid(profile: str, *, seeds: Sequence[int] | None = None, datasets: Seq
 def check(profile: str, jobs: int = 1, cluster: str | None = None) -> None:
     """Refuse a bad profile, job count or cluster before any compute (:class:`ConfigError`)."""
     check_profile(profile)
-    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
-        raise ConfigError(f"--jobs must be an integer ≥ 1, got {jobs!r}")
-    if cluster is not None and cluster not in CLUSTERS:
-        raise ConfigError(f"unknown cluster {cluster!r}; choose one of {', '.join(CLUSTERS)}")
+    checks.integer("--jobs", jobs, 1)
+    if cluster is not None:
+        checks.choice("cluster", cluster, CLUSTERS, what="cluster")
 
 
 SCORES = ("test", "validation")

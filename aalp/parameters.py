@@ -11,12 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .arms import ARMS, ORDER
+from .checks import is_integer as _is_int
 from .config import ConfigError, Experiments, experiments
 from .data import DATASETS
-
-
-def _is_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:

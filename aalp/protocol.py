@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import checks
 from .audit import audit as run_audit, final_worst_case
 from .config import ConfigError, experiments
 from .data import DATASETS, DataError
@@ -45,10 +46,8 @@ def load_model(arch: str, weights: str | Path, dataset: str) -> Classifier:
     """
     from safetensors.torch import load_file
 
-    if arch not in MODELS:
-        raise ConfigError(f"unknown architecture {arch!r}; choose one of {', '.join(MODELS)}")
-    if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    checks.choice("arch", arch, MODELS, what="architecture")
+    checks.dataset(dataset)
     path = Path(weights)
     if not path.is_file():
         raise ConfigError(f"no weights file {path}; pass a .safetensors file")
@@ -75,10 +74,8 @@ def load_model(arch: str, weights: str | Path, dataset: str) -> Classifier:
 def check(model: object, dataset: str, profile: str, audit: str, surrogate: object = None) -> None:
     """Refuse bad arguments of :func:`evaluate_model` (:class:`ConfigError`, one line), before any compute."""
     experiments(profile)
-    if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    if audit not in AUDITS:
-        raise ConfigError(f"audit must be one of {', '.join(AUDITS)}, got {audit!r}")
+    checks.dataset(dataset)
+    checks.choice("audit", audit, AUDITS)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if surrogate is not None and (audit != "full" or not isinstance(surrogate, nn.Module)):

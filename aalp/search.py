@@ -53,10 +53,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from . import checks
 from .arms import SEARCH_METHODS, search_overrides
 from .checkpoint import file_lock, write_json
 from .config import ConfigError, RunConfig, TrainConfig, check_profile, config_hash, experiments
-from .data import DATASETS, ArrayDataset, subset
+from .data import ArrayDataset, subset
 from .methods import WEIGHTINGS
 from .runs import (ROOT, cached_json, encode_bits, load_run, read_config, read_history, results_dir, run_dir,
                    score_path)
@@ -137,12 +138,6 @@ def rungs(epochs: int, min_epochs: int, reduction_factor: int) -> tuple[int, ...
     return (*out, epochs)
 
 
-def _int(name: str, value: object, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class Plan:
     """A checked search: what it tunes, on which base configuration, how it scores and prunes."""
@@ -179,15 +174,14 @@ def plan(profile: str, dataset: str, method: str, *, budget_epochs: int, seed: i
          val_images: int | None = None) -> Plan:
     """Check every input of a search (:class:`ConfigError` naming the bad one); nothing is computed."""
     check_profile(profile)
-    if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    checks.dataset(dataset)
     if method not in SEARCH_METHODS:
         raise ConfigError(f"the search tunes {' and '.join(SEARCH_METHODS)} only, not {method!r}")
-    _int("budget_epochs", budget_epochs, 1)
-    _int("seed", seed, 0)
+    checks.integer("budget_epochs", budget_epochs, 1)
+    checks.integer("seed", seed, 0)
     if min_epochs is not None:
-        _int("min_epochs", min_epochs, 1)
-    _int("reduction_factor", reduction_factor, 2)
+        checks.integer("min_epochs", min_epochs, 1)
+    checks.integer("reduction_factor", reduction_factor, 2)
     overrides = tuple(overrides)
     tuned = [o for o in overrides if o.strip().startswith("method.")]
     if tuned:

@@ -32,7 +32,8 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
 __all__ = ["accuracy_interval", "adjust_pvalues", "best_method", "class_breakdown", "crossed_bootstrap",
-           "crossed_draws", "paired_difference", "rank_correlation", "seed_t_interval", "verdict"]
+           "crossed_draws", "intervals", "paired_difference", "rank_correlation", "seed_t_interval", "side", "sign",
+           "split", "verdict"]
 
 _CHUNK_ELEMENTS = 1 << 21  # bootstrap draws are made in chunks of about this many image weights
 CORRECTIONS = ("holm", "fdr_bh", "bonferroni")
@@ -180,55 +181,72 @@ def paired_difference(a: Any, b: Any, *, level: float = 0.95, n_boot: int = 2000
             "images": d.shape[1], "level": level}
 
 
-def _intervals(diff: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
-    """The intervals of ``diff`` that count for a verdict, by their name in its sentence: the crossed one,
-    and the t-interval only with ≥ 2 seeds."""
-    intervals = {"the 95 % interval": (diff["low"], diff["high"])}
+def intervals(diff: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """The intervals of ``diff`` that count for a verdict, by their name in its sentence: the crossed one
+    (``low``, ``high``; every :func:`paired_difference` has it, a difference of per-seed values alone has
+    not), and the t-interval (``t_low``, ``t_high``) only with ≥ 2 seeds."""
+    out = {}
+    if "low" in diff:
+        out["the 95 % interval"] = (diff["low"], diff["high"])
     if diff.get("seeds", 1) >= 2 and not math.isnan(diff.get("t_low", math.nan)):
-        intervals["the t-interval"] = (diff["t_low"], diff["t_high"])
-    return intervals
+        out["the t-interval"] = (diff["t_low"], diff["t_high"])
+    return out
 
 
-def _side(interval: tuple[float, float]) -> int:
-    """+1 when ``interval`` lies above 0, −1 when below, 0 when it contains 0."""
+def side(interval: tuple[float, float]) -> int:
+    """+1 when ``interval`` lies above 0, −1 when below, 0 when it contains 0 (or is nan)."""
     low, high = interval
     return 1 if low > 0 else -1 if high < 0 else 0
 
 
-def _sign(diff: Mapping[str, Any]) -> int:
-    """+1 when every interval of ``diff`` lies above 0 (the t-interval only counts with ≥ 2 seeds),
-    −1 when every one lies below, 0 otherwise: the one rule for 'A better / worse than B'."""
-    sides = {_side(interval) for interval in _intervals(diff).values()}
+def sign(diff: Mapping[str, Any]) -> int:
+    """+1 when every interval of ``diff`` (:func:`intervals`: the crossed one, and the t-interval only
+    with ≥ 2 seeds) lies above 0, −1 when every one lies below, 0 otherwise (or with no interval): the one
+    rule for 'A better / worse than B', used by every verdict of the book. A chapter that predicts a
+    sign ``p`` (±1) reads ``p * sign(diff)``: +1 on the predicted side, −1 on the other."""
+    sides = {side(interval) for interval in intervals(diff).values()}
     return sides.pop() if len(sides) == 1 else 0
 
 
-def verdict(diff: Mapping[str, Any], names: tuple[str, str] = ("AALP", "ALP")) -> str:
+WORDING = {1: "{first} better than {second} ({detail}).",
+           -1: "{first} worse than {second} ({detail}).",
+           0: "{first} and {second} not distinguishable ({detail}); gains above {ceiling:.1f} points are excluded."}
+"""The sentences of :func:`verdict` by :func:`sign`, as :meth:`str.format` templates."""
+
+
+def verdict(diff: Mapping[str, Any], names: tuple[str, str] = ("AALP", "ALP"), *, detail: str | None = None,
+            wording: Mapping[int, str] | None = None) -> str:
     """One sentence on :func:`paired_difference` output ``diff``.
 
     "A better than B" only when the crossed interval and (with ≥ 2 seeds) the t-interval both lie above
     0; "A worse than B" when both lie below; otherwise "A and B not distinguishable; gains above X points
     are excluded", X = 100 · ``ceiling`` with one decimal, saying which interval alone excludes 0 when the
-    two disagree (so that a reader sees why an interval off 0 is not a verdict).
+    two disagree (:func:`split`, so that a reader sees why an interval off 0 is not a verdict).
+
+    A chapter with its own words passes ``wording`` ({+1, −1, 0: template}, the keys :func:`sign`'s; see
+    :data:`WORDING`) and, for numbers in its own unit, ``detail`` (default: the estimate and intervals in
+    points). The templates may use ``{first}``, ``{second}``, ``{detail}`` and ``{ceiling}`` (100 ·
+    ``ceiling``); in the 0 sentence ``{detail}`` ends with the :func:`split` clause.
     """
     first, second = names
-    pct = 100 * diff["estimate"]
-    level = f"{100 * diff.get('level', 0.95):g} %"
-    detail = f"{pct:+.1f} points, {level} interval [{100 * diff['low']:+.1f}, {100 * diff['high']:+.1f}]"
-    if len(_intervals(diff)) > 1:
-        detail += f", t over {diff['seeds']} seeds [{100 * diff['t_low']:+.1f}, {100 * diff['t_high']:+.1f}]"
-    sign = _sign(diff)
-    if sign > 0:
-        return f"{first} better than {second} ({detail})."
-    if sign < 0:
-        return f"{first} worse than {second} ({detail})."
-    return (f"{first} and {second} not distinguishable ({detail}{_split(diff)}); gains above "
-            f"{100 * diff['ceiling']:.1f} points are excluded.")
+    if detail is None:
+        pct = 100 * diff["estimate"]
+        level = f"{100 * diff.get('level', 0.95):g} %"
+        detail = f"{pct:+.1f} points, {level} interval [{100 * diff['low']:+.1f}, {100 * diff['high']:+.1f}]"
+        if len(intervals(diff)) > 1:
+            detail += f", t over {diff['seeds']} seeds [{100 * diff['t_low']:+.1f}, {100 * diff['t_high']:+.1f}]"
+    result = sign(diff)
+    if result == 0:
+        detail += split(diff)
+    ceiling = 100 * diff["ceiling"] if "ceiling" in diff else math.nan
+    return (wording or WORDING)[result].format(first=first, second=second, detail=detail, ceiling=ceiling)
 
 
-def _split(diff: Mapping[str, Any]) -> str:
-    """When exactly one of the crossed and t-intervals excludes 0: which one, and on which side ('' otherwise)."""
-    sides = {name: _side(interval) for name, interval in _intervals(diff).items()}
-    off = [name for name, side in sides.items() if side]
+def split(diff: Mapping[str, Any]) -> str:
+    """When exactly one of the crossed and t-intervals excludes 0: which one, and on which side, as a
+    clause to end a sentence's numbers ('' otherwise)."""
+    sides = {name: side(interval) for name, interval in intervals(diff).items()}
+    off = [name for name, s in sides.items() if s]
     if len(sides) < 2 or len(off) != 1:
         return ""
     (name,) = off
@@ -263,7 +281,7 @@ def best_method(bits: Mapping[str, Any], *, level: float = 0.95, n_boot: int = 2
         s = min(arrays[leader].shape[0], arrays[other].shape[0])
         diffs[other] = paired_difference(arrays[leader][:s], arrays[other][:s], level=level, n_boot=n_boot,
                                          seed=seed)
-    tied = [leader] + [o for o in order[1:] if _sign(diffs[o]) <= 0]
+    tied = [leader] + [o for o in order[1:] if sign(diffs[o]) <= 0]
     best = leader if len(tied) == 1 else None
     runner = diffs[order[1]] if len(order) > 1 else {}
     nan = math.nan

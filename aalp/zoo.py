@@ -15,10 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import arms
+from . import arms, checks
 from .checkpoint import weights_sha256
 from .config import ConfigError, experiments, to_dict
-from .data import DATASETS
 from .evaluate import autoattack_entry
 from .grid import is_done, main_grid
 from .models import Classifier
@@ -82,11 +81,9 @@ def load_model(dataset: str, method: str, seed: int = 0, *, profile: str = "cpu"
             how to train it).
     """
     experiments(profile)
-    if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    checks.dataset(dataset)
     arms.check_arm(method)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"seed must be an integer ≥ 0, got {seed!r}")
+    checks.integer("seed", seed, 0)
     cfg = Unit(profile, dataset, method, seed, root=Path(root)).config
     runs_dir = results_dir(profile, Path(root)) / "runs"
     if not is_trained(cfg.train, runs_dir):

@@ -106,6 +106,22 @@ def test_both_intervals_must_agree() -> None:
     assert observation1.side({**diff, "t_low": 0.001}) == 1
 
 
+def test_layer_verdict_is_the_stats_rule_and_says_which_interval_alone_excludes_0() -> None:
+    diff = {"estimate": 0.012, "low": 0.007, "high": 0.017, "t_low": -0.001, "t_high": 0.025, "seeds": 3,
+            "ceiling": 0.025, "level": 0.95}
+    assert observation1.layer_verdict(diff, "penultimate") == (
+        "PGD-AT and standard training not distinguishable in concentration at the penultimate layer (Gini +0.012, "
+        "95 % interval [+0.007, +0.017], t over 3 seeds [-0.001, +0.025]; the 95 % interval lies above 0, the "
+        "t-interval does not): Observation 1 does not hold there.")
+    held = {**diff, "t_low": 0.001}
+    assert observation1.layer_verdict(held, "last conv").endswith("): Observation 1 holds there.")
+    assert "lies" not in observation1.layer_verdict(held, "last conv")
+    # a statistic predicted to fall: below 0 on both intervals is "more concentrated"
+    fewer = {**diff, "estimate": -2.0, "low": -3.0, "high": -1.0, "t_low": -4.0, "t_high": -0.5}
+    assert observation1.layer_verdict(fewer, "penultimate", "n_above").startswith("PGD-AT more concentrated")
+    assert observation1.side(fewer, observation1.PREDICTED["n_above"]) == 1 == -stats.sign(fewer)
+
+
 def test_secondary_statistics_follow_their_own_predicted_sign() -> None:
     """Fewer features above the threshold is the predicted side for n_above."""
     per_image = _per_image({(layer, "pgd-at"): {"n_above": -0.1, "effective_number": 0.1}
@@ -240,6 +256,16 @@ def test_guided_dropout_verdict(gain: float, gini: float, expected: str) -> None
     result = _ablation({ablation.WITH_GD: gain}, {ablation.WITH_GD: gini})
     assert expected in result.facts["abl_obs1_verdict"].text
     assert result.facts["abl_gd_gini_diff"] == pytest.approx(gini, abs=0.005)
+
+
+def test_guided_dropout_verdict_says_which_interval_alone_excludes_0() -> None:
+    conc = {"estimate": 0.02, "low": 0.005, "high": 0.035, "t_low": -0.01, "t_high": 0.05, "seeds": 3}
+    worst = {"estimate": 0.0, "low": -0.01, "high": 0.01, "t_low": -0.02, "t_high": 0.02, "seeds": 3}
+    text = ablation.guided_dropout_verdict(conc, worst)
+    assert text.startswith("Guided Dropout does not make the contributions distinguishably more concentrated")
+    assert text.endswith("; the 95 % interval lies above 0, the t-interval does not).")
+    text = ablation.guided_dropout_verdict({**conc, "t_low": 0.001}, {**worst, "low": 0.001})
+    assert "without a distinguishable gain" in text and "; the 95 % interval lies above 0, the t-interval does not)" in text
 
 
 def test_ablation_verdict_is_the_stats_rule() -> None:

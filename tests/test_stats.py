@@ -184,6 +184,26 @@ def test_verdict_on_data() -> None:
                              "t over 5 seeds [+0.0, +0.0]); gains above 0.0 points are excluded.")
 
 
+def test_sign_is_the_one_rule() -> None:
+    assert st.sign(_diff(0.01, 0.03, 0.005, 0.035)) == 1 and st.sign(_diff(-0.03, -0.01, -0.04, -0.002)) == -1
+    assert st.sign(_diff(0.002, 0.02, -0.006, 0.0234)) == 0  # crossed above 0, t-interval not: no verdict
+    assert st.sign(_diff(0.01, 0.03, -0.5, 0.5, seeds=1)) == 1  # one seed: the crossed interval alone
+    only_t = {"estimate": -0.02, "t_low": -0.03, "t_high": -0.01, "seeds": 3}  # per-seed values: no crossed interval
+    assert list(st.intervals(only_t)) == ["the t-interval"] and st.sign(only_t) == -1
+    assert st.intervals({**only_t, "seeds": 1}) == {} and st.sign({**only_t, "seeds": 1}) == 0
+    assert st.side((0.1, 0.2)) == 1 and st.side((-0.2, -0.1)) == -1 and st.side((-0.1, 0.1)) == 0
+
+
+def test_verdict_in_a_chapters_own_words() -> None:
+    wording = {1: "{first} up on {second} ({detail}).", -1: "{first} down on {second} ({detail}).",
+               0: "{first} level with {second} ({detail})."}
+    tie = _diff(0.002, 0.02, -0.006, 0.0234)
+    assert (verdict(tie, ("A", "B"), detail="my numbers", wording=wording)
+            == "A level with B (my numbers; the 95 % interval lies above 0, the t-interval does not).")
+    assert verdict(_diff(0.01, 0.03, 0.005, 0.035), ("A", "B"), detail="x", wording=wording) == "A up on B (x)."
+    assert verdict(tie) == verdict(tie, wording=st.WORDING)  # the default wording is WORDING
+
+
 # ----------------------------------------------------------------------------------------------------
 # Best method
 # ----------------------------------------------------------------------------------------------------

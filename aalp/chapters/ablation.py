@@ -30,7 +30,7 @@ from ..unit import Unit
 from ..parameters import resolve
 from ..publish import Fact, Phrase
 from .main_results import bits
-from .observation1 import PREDICTED, PRIMARY, predicts, side
+from .observation1 import PREDICTED, PRIMARY, predicts
 
 REFERENCE = "ALP"
 """Every variant is compared with this one."""
@@ -156,8 +156,8 @@ def comparison_table(runs: Mapping[str, Sequence[Run]], comparisons: Mapping[str
 
 def distinguishable(comparisons: Mapping[str, Mapping[str, Any]], direction: int) -> Phrase:
     """The variants whose worst case is distinguishably above (``direction`` +1) or below (−1) ALP's, by the
-    rule of :func:`aalp.stats.verdict`, in the order given; ``none`` if there are none."""
-    picked = [label for label, c in comparisons.items() if side(c, direction) == 1]
+    rule of :func:`aalp.stats.verdict` (:func:`aalp.stats.sign`), in the order given; ``none`` if there are none."""
+    picked = [label for label, c in comparisons.items() if stats.sign(c) == direction]
     return Phrase(", ".join(picked) or "none")
 
 
@@ -165,21 +165,23 @@ def guided_dropout_verdict(concentration_diff: Mapping[str, Any], worst_diff: Ma
     """Observation 1 inside the ablation, one sentence: does adding Guided Dropout to ALP make the
     contributions more concentrated (``concentration_diff``: GD − ALP of the per-image primary statistic),
     and does it raise the worst case (``worst_diff``: GD − ALP of the worst-case bits)? Each "does" needs
-    both intervals on its side (:func:`aalp.chapters.observation1.side`)."""
-    more = side(concentration_diff, PREDICTED[PRIMARY])
-    gain = side(worst_diff, +1)
+    both intervals on its side (:func:`aalp.stats.sign`); a "does not" says which interval alone excludes 0
+    when the two disagree (:func:`aalp.stats.split`)."""
+    more = PREDICTED[PRIMARY] * stats.sign(concentration_diff)
+    gain = stats.sign(worst_diff)
     conc = (f"Gini {concentration_diff['estimate']:+.3f}, 95 % interval [{concentration_diff['low']:+.3f}, "
             f"{concentration_diff['high']:+.3f}]")
     worst = (f"{100 * worst_diff['estimate']:+.1f} points, 95 % interval [{100 * worst_diff['low']:+.1f}, "
              f"{100 * worst_diff['high']:+.1f}]")
     if more == 0:
-        return f"Guided Dropout does not make the contributions distinguishably more concentrated here ({conc})."
+        return (f"Guided Dropout does not make the contributions distinguishably more concentrated here "
+                f"({conc}{stats.split(concentration_diff)}).")
     if more < 0:
         return (f"Guided Dropout makes the contributions less concentrated, not more ({conc}): the opposite of the "
                 "mechanism Observation 1 assigns it.")
     if gain <= 0:
         return (f"Guided Dropout concentrates the contributions ({conc}) without a distinguishable gain in the "
-                f"worst case ({worst}): the measure moves independently of robustness here.")
+                f"worst case ({worst}{stats.split(worst_diff)}): the measure moves independently of robustness here.")
     return (f"Guided Dropout concentrates the contributions ({conc}) and raises the worst case ({worst}), "
             "as Observation 1 predicts.")
 

@@ -10,7 +10,7 @@ The test: PGD-AT − standard training, paired per test image and seed (the same
 images, :meth:`aalp.experiments.Study.test_images`, never used for any selection), with the crossed
 bootstrap interval and the t-interval over seeds (:func:`aalp.stats.paired_difference`). Observation 1
 *holds* at a layer iff both intervals lie on its predicted side (:data:`PREDICTED`; the t-interval counts
-from two seeds on, as in :func:`aalp.stats.verdict`). Whether concentration also *predicts* robustness is
+from two seeds on): the rule of :func:`aalp.stats.sign`, and the sentence is :func:`aalp.stats.verdict`'s. Whether concentration also *predicts* robustness is
 asked across every model of the main table: Spearman's ρ between a model's mean primary statistic and its
 AutoAttack accuracy, per dataset, with and without standard training (:func:`aalp.stats.rank_correlation`).
 """
@@ -133,19 +133,11 @@ OUTCOMES = {1: "holds", -1: "opposite", 0: "not distinguishable"}
 
 
 def side(diff: Mapping[str, Any], predicted: int = PREDICTED[PRIMARY]) -> int:
-    """+1 when every interval of the paired difference ``diff`` (:func:`aalp.stats.paired_difference`)
-    lies strictly on the ``predicted`` side of 0, −1 when every one lies on the other side, 0 otherwise.
-    The intervals are the crossed bootstrap one and, with at least two seeds, the t-interval over seeds
-    (with one seed the t-interval is undefined and only the crossed interval counts)."""
-    intervals = [(diff["low"], diff["high"])]
-    if diff.get("seeds", 1) >= 2 and not math.isnan(diff.get("t_low", math.nan)):
-        intervals.append((diff["t_low"], diff["t_high"]))
-    signed = [sorted((predicted * low, predicted * high)) for low, high in intervals]
-    if all(low > 0 for low, _ in signed):
-        return 1
-    if all(high < 0 for _, high in signed):
-        return -1
-    return 0
+    """+1 when the paired difference ``diff`` (:func:`aalp.stats.paired_difference`) is distinguishably on
+    the ``predicted`` side (±1) of 0, −1 when on the other side, 0 otherwise: the rule of
+    :func:`aalp.stats.sign` (the crossed interval and, with at least two seeds, the t-interval over seeds
+    must both exclude 0), read in the predicted direction."""
+    return predicted * stats.sign(diff)
 
 
 def holds(diff: Mapping[str, Any], statistic: str = PRIMARY) -> bool:
@@ -156,7 +148,7 @@ def holds(diff: Mapping[str, Any], statistic: str = PRIMARY) -> bool:
 
 def _interval_text(c: Mapping[str, Any], fmt: str) -> str:
     text = f"{c['estimate']:+{fmt}}, {100 * c.get('level', 0.95):g} % interval [{c['low']:+{fmt}}, {c['high']:+{fmt}}]"
-    if c.get("seeds", 1) >= 2 and not math.isnan(c.get("t_low", math.nan)):
+    if len(stats.intervals(c)) > 1:
         text += f", t over {c['seeds']} seeds [{c['t_low']:+{fmt}}, {c['t_high']:+{fmt}}]"
     else:
         text += ", one seed: no t-interval"
@@ -164,17 +156,20 @@ def _interval_text(c: Mapping[str, Any], fmt: str) -> str:
 
 
 def layer_verdict(diff: Mapping[str, Any], layer: str, statistic: str = PRIMARY) -> str:
-    """One sentence on PGD-AT − standard of ``statistic`` at ``layer``."""
-    detail = f"{NAMES[statistic]} {_interval_text(diff, _FORMAT[statistic])}"
-    s = side(diff, PREDICTED[statistic])
-    if s > 0:
-        return (f"PGD-AT more concentrated than standard training at the {layer} layer ({detail}): "
-                "Observation 1 holds there.")
-    if s < 0:
-        return (f"PGD-AT less concentrated than standard training at the {layer} layer ({detail}): the opposite of "
-                "Observation 1.")
-    return (f"PGD-AT and standard training not distinguishable in concentration at the {layer} layer ({detail}): "
-            "Observation 1 does not hold there.")
+    """One sentence on PGD-AT − standard of ``statistic`` at ``layer``: :func:`aalp.stats.verdict` in the
+    chapter's words (so, when only one of the two intervals excludes 0, it says which)."""
+    predicted = PREDICTED[statistic]
+    at = layer.replace("{", "{{").replace("}", "}}")
+    wording = {
+        predicted: f"{{first}} more concentrated than {{second}} at the {at} layer ({{detail}}): "
+                   "Observation 1 holds there.",
+        -predicted: f"{{first}} less concentrated than {{second}} at the {at} layer ({{detail}}): the opposite of "
+                    "Observation 1.",
+        0: f"{{first}} and {{second}} not distinguishable in concentration at the {at} layer ({{detail}}): "
+           "Observation 1 does not hold there.",
+    }
+    return stats.verdict(diff, ("PGD-AT", "standard training"),
+                         detail=f"{NAMES[statistic]} {_interval_text(diff, _FORMAT[statistic])}", wording=wording)
 
 
 def layers_phrase(diffs: Mapping[str, Mapping[str, Any]], statistic: str = PRIMARY) -> str:
@@ -212,11 +207,10 @@ def predicts(correlation: Mapping[str, Any], statistic: str = PRIMARY) -> str:
     low, high = correlation["low"], correlation["high"]
     if math.isnan(low) or math.isnan(high):
         return "cannot be measured (ρ undefined)"
-    s = PREDICTED[statistic]
-    low, high = sorted((s * low, s * high))
-    if low > 0:
+    s = PREDICTED[statistic] * stats.side((low, high))
+    if s > 0:
         return "predicts robustness"
-    if high < 0:
+    if s < 0:
         return "predicts the opposite (more concentrated, less robust)"
     return "does not rank the models by robustness"
 

@@ -140,15 +140,17 @@ def seed_difference(per_seed: pd.DataFrame, column: str, a: str = "aalp", b: str
 
 def difference_sentence(diff: Mapping[str, Any], what: str) -> str:
     """One sentence on :func:`seed_difference` of the fraction of samples ``what`` (e.g. "in conflict"):
-    fewer / more only when the 95 % t-interval over seeds excludes 0; one seed gives no interval."""
+    fewer / more only when the 95 % t-interval over seeds excludes 0 (:func:`aalp.stats.sign`: a difference of
+    per-seed values has no crossed interval, so the t-interval alone counts); one seed gives no interval."""
     est = f"AALP − ALP = {100 * diff['estimate']:+.1f} points"
-    if diff["seeds"] < 2 or math.isnan(diff["t_low"]):
+    if not stats.intervals(diff):
         return f"{est} on one seed; no interval over seeds"
     interval = (f"95 % t-interval over {diff['seeds']} seeds {100 * diff['t_low']:+.1f} to "
                 f"{100 * diff['t_high']:+.1f}")
-    if diff["t_high"] < 0:
+    sign = stats.sign(diff)
+    if sign < 0:
         return f"AALP has fewer training samples {what} than ALP ({est}, {interval})"
-    if diff["t_low"] > 0:
+    if sign > 0:
         return f"AALP has more training samples {what} than ALP ({est}, {interval})"
     return f"ALP and AALP not distinguishable in the samples {what} ({est}, {interval})"
 
