@@ -10,6 +10,7 @@ is never itself a reported result, and a lucky seed cannot carry a configuration
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from .config import ConfigError, experiments
@@ -17,7 +18,7 @@ from .methods import METHODS
 from .selection import best_overrides
 
 __all__ = ["ARMS", "COMPARED", "LABELS", "ORDER", "PAIRS", "SEARCH_METHODS", "TUNED", "check_arm", "is_tuned",
-           "method_of", "overrides", "search_overrides", "seeds"]
+           "method_of", "overrides", "search_overrides", "seeds", "seeds_of"]
 
 TUNED = "-tuned"
 SEARCH_METHODS: tuple[str, ...] = ("alp", "aalp")
@@ -65,9 +66,15 @@ def is_tuned(arm: str) -> bool:
 
 def seeds(profile: str, arm: str) -> tuple[int, ...]:
     """The seeds the main table trains ``arm`` on: ``comparison_seeds`` for :data:`COMPARED`, else ``seeds``."""
-    check_arm(arm)
     settings = experiments(profile)
-    return settings.comparison_seeds if arm in COMPARED else settings.seeds
+    return seeds_of(arm, settings.seeds, settings.comparison_seeds)
+
+
+def seeds_of(arm: str, seeds: Sequence[int], comparison_seeds: Sequence[int]) -> tuple[int, ...]:
+    """The seeds of ``arm`` in a main table of ``seeds`` and ``comparison_seeds``: the latter for the
+    :data:`COMPARED` arms."""
+    check_arm(arm)
+    return tuple(comparison_seeds if arm in COMPARED else seeds)
 
 
 def search_overrides(profile: str) -> list[str]:

@@ -46,8 +46,12 @@ models:   {', '.join(MODELS)}
 """
 
 
-def _selection(parser: argparse.ArgumentParser, several: bool = False) -> None:
+def _profile(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="smoke", help="smoke | cpu | paper (default: smoke)")
+
+
+def _selection(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    _profile(parser)
     parser.add_argument("--dataset", default="mnist", help="default: mnist")
     if several:
         parser.add_argument("--methods", nargs="+", default=["alp", "aalp"], metavar="METHOD",
@@ -114,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Execute notebooks/*.ipynb in order with the profile injected; results go to "
                     "results/<profile>/ (run cache, JSON, executed notebooks). A failing notebook is kept "
                     "with its traceback and the command exits with status 1.")
-    reproduce.add_argument("--profile", default="smoke", help="smoke | cpu | paper (default: smoke)")
+    _profile(reproduce)
     reproduce.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="execute only these notebooks")
     reproduce.add_argument("--force", action="store_true", help="execute even unchanged notebooks")
     reproduce.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
@@ -128,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "cached yet, into the profile's run cache (results/<profile>/runs by default), in N "
                     "worker processes here or as Slurm jobs through submitit. Killed at any point, it "
                     "continues where it stopped when run again.")
-    grid.add_argument("--profile", default="smoke", help="smoke | cpu | paper (default: smoke)")
+    _profile(grid)
     grid.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="default: the profile's seeds")
     grid.add_argument("--datasets", nargs="+", metavar="DATASET", help="default: the profile's datasets")
     grid.add_argument("--methods", nargs="+", metavar="METHOD", help="default: every method")
@@ -151,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "<search-dir>/<dataset>-<method>.db: killed or run again with a larger budget, it "
                     "continues; the record is <dataset>-<method>.json beside it.",
         epilog=EPILOG, formatter_class=formatter)
-    search.add_argument("--profile", default="smoke", help="smoke | cpu | paper (default: smoke)")
+    _profile(search)
     search.add_argument("--dataset", default="mnist", help="default: mnist")
     search.add_argument("--method", default="aalp", help="alp | aalp (default: aalp)")
     search.add_argument("--budget-epochs", type=int, required=True, metavar="N",
@@ -176,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "AALP at their settings on the comparison seeds), every declared arm's λ (and β) trials, "
                     "then the best trials of each arm on more seeds; every unit is scored on validation images "
                     "only. Everything is cached: killed, it continues. Records: results/<profile>/tuning/.")
-    tune.add_argument("--profile", default="smoke", help="smoke | cpu | paper (default: smoke)")
+    _profile(tune)
     tune.add_argument("--datasets", nargs="+", metavar="DATASET", help="default: the profile's datasets")
     tune.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (default: 1)")
     own = commands.add_parser(

@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from . import checks
-from .arms import ARMS, COMPARED, seeds as arm_seeds
+from . import arms, checks
+from .arms import ARMS, seeds as arm_seeds
 from .config import ConfigError, RunConfig, check_profile, experiments
 from .evaluate import evaluate_run
 from .parameters import check_parameters
@@ -63,9 +63,10 @@ def main_grid(profile: str, *, seeds: Sequence[int] | None = None, datasets: Seq
                      comparison_seeds=None if comparison_seeds is None else list(comparison_seeds))
 
     def seeds_of(arm: str) -> Sequence[int]:
-        if comparison_seeds is not None and arm in COMPARED:
-            return comparison_seeds
-        return seeds if seeds is not None else arm_seeds(profile, arm)
+        if seeds is None and comparison_seeds is None:
+            return arm_seeds(profile, arm)
+        return arms.seeds_of(arm, seeds if seeds is not None else defaults.seeds,
+                             comparison_seeds if comparison_seeds is not None else seeds or defaults.comparison_seeds)
 
     units = [Unit(profile, d, m, s, root=None if root is None else Path(root))
              for d in datasets for m in methods for s in seeds_of(m)]

@@ -101,6 +101,7 @@ DEFAULTS: dict[str, dict[str, Default]] = {
                     "tuned_dataset": _value("fashion-mnist"),
                     "tuned_ablation_seeds": _setting("comparison_seeds", 3)},
     "05_robustness_audit": {"datasets": _setting("datasets"), "seeds": _setting("seeds"),
+                            "comparison_seeds": _setting("comparison_seeds"),
                             "full_audit_seeds": _resolved("seeds", 1), "methods": _value(ORDER),
                             "n_images": _setting("audit_n"), "steps": _setting("audit_steps"),
                             "square_queries": _setting("audit_square_queries")},

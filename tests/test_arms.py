@@ -119,3 +119,17 @@ def test_reading_never_searches_and_the_declared_search_runs_only_when_unfinishe
     _record(tmp_path, "cpu", "mnist", "aalp", budget=30)
     search_module.declared("cpu", "mnist", "aalp", tmp_path)
     assert len(calls) == 3  # a smaller budget than declared: the search continues
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"profile": "huge"}, "unknown profile"), ({"arm": "trades-tuned"}, "unknown method 'trades-tuned'"),
+    ({"seed": -1}, "seed must be an integer ≥ 0"), ({"seed": True}, "seed must be an integer ≥ 0"),
+    ({"overrides": (3,)}, "key=value strings")])
+def test_a_bad_unit_is_one_line_before_any_compute(kwargs: dict, needle: str, record_fault) -> None:
+    record_fault("bad unit")
+    with pytest.raises(ConfigError, match=needle) as err:
+        Unit(**{"profile": "cpu", "dataset": "mnist", "arm": "alp", **kwargs})
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="unknown dataset"):
+        Unit("cpu", "imagenet", "alp").config  # the dataset is checked where the configuration is built

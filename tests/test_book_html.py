@@ -20,7 +20,7 @@ from aalp.reproduce import NOTEBOOKS
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
 HTML = BOOK / "_build" / "html"
-TEXT_PAGES = ["intro", "method", "results", "reproduce", "own_model", "own_method"]
+TEXT_PAGES = ["intro", "method", "results", "reproduce", "own_model", "own_method", "references"]
 ROLE = re.compile(r"\{glue(?::(\w+))?\}`([^`]+)`")
 
 pytestmark = pytest.mark.skipif(not os.environ.get("AALP_BOOK_BUILT"),
@@ -34,6 +34,13 @@ def page(name: str) -> str:
     path = HTML / f"{name}.html"
     assert path.exists(), f"missing page {path}"
     return path.read_text()
+
+
+def test_references_link_the_paper_and_the_methods() -> None:
+    text = page("references")
+    for arxiv in ("2005.11904", "1803.06373", "1901.08573", "2003.01690", "1706.06083"):  # AALP, ALP, TRADES, AA, PGD
+        assert f"https://arxiv.org/abs/{arxiv}" in text, arxiv
+    assert "rklOg6EFwS" in text  # MART
 
 
 def test_index_leads_to_the_introduction() -> None:

@@ -119,7 +119,8 @@ def test_main_grid_refuses_bad_lists(kwargs: dict, match: str, record_fault) -> 
     (["grid", "--jobs", "0"], "jobs must be an integer ≥ 1"), (["grid", "--cluster", "pbs"], "unknown cluster"),
     (["grid", "--profile", "huge"], "unknown profile"), (["grid", "--methods", "nope"], "methods = ['nope']"),
     (["grid", "--slurm", "partition"], "key=value"), (["reproduce", "--jobs", "-2"], "jobs must be"),
-    (["grid", "--seeds", "-1"], "seeds = [-1]")])
+    (["grid", "--seeds", "-1"], "seeds = [-1]"), (["tune", "--jobs", "0"], "jobs must be an integer ≥ 1"),
+    (["tune", "--datasets", "imagenet"], "unknown dataset 'imagenet'"), (["tune", "--profile", "huge"], "unknown profile")])
 def test_bad_grid_command_is_one_error_line(argv: list[str], needle: str, tmp_path: Path, record_fault) -> None:
     record_fault("bad command-line input")
     done = subprocess.run([sys.executable, "-m", "aalp", *argv, *(["--runs-dir", str(tmp_path)]

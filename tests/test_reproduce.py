@@ -318,6 +318,8 @@ def test_jobs_compute_the_audits_in_lanes_after_the_grid(monkeypatch: pytest.Mon
     assert calls == [("smoke", REPO, plan, d, m, s, threads) for d, m, s in plan.models()]
     assert {"alp-tuned", "aalp-tuned"} <= set(plan.methods)  # the primary comparison's models are audited
     source = "".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
-    assert ("chapter.compute(study, datasets=datasets, seeds=seeds, full_audit_seeds=full_audit_seeds,\n"
-            "                         methods=methods, n_images=n_images, steps=steps, square_queries=square_queries)"
-            in source)
+    assert ("chapter.compute(study, datasets=datasets, seeds=seeds, comparison_seeds=comparison_seeds,\n"
+            "                         full_audit_seeds=full_audit_seeds, methods=methods, n_images=n_images, steps=steps,\n"
+            "                         square_queries=square_queries)" in source)
+    main = {(u.dataset, u.arm, u.seed) for u in grid.main_grid("smoke", root=REPO)}
+    assert main <= set(plan.models()), "a model of the main table is not audited"

@@ -69,3 +69,17 @@ def test_archived_results_are_in_their_run_cache(saved: Path) -> None:
             assert any(_numbers(row, e) for e in candidates), f"{dataset} {row['method']} seed {row['seed']}"
             checked += 1
     assert checked == sum(len(rows) for rows in main["per_run"].values()) > 0
+
+
+@pytest.mark.parametrize("saved", CURRENT, ids=lambda p: p.parent.name)
+def test_every_main_table_model_is_audited(saved: Path) -> None:
+    """Chapter 5 audits exactly the models chapter 3 reports (and no fewer): the counts agree, model by model."""
+    main = json.loads(saved.read_text())
+    audit_path = saved.with_name("05_robustness_audit.json")
+    if not audit_path.exists():
+        pytest.skip(f"{audit_path} not executed yet")
+    audit = json.loads(audit_path.read_text())
+    reported = {(d, row["method"], row["seed"]) for d, rows in main["per_run"].items() for row in rows}
+    audited = {(r["dataset"], r["method"], r["seed"]) for r in audit["models"]}
+    assert reported <= audited, f"not audited: {sorted(reported - audited)}"
+    assert audit["facts"]["audit_n_models"] == len(audited)

@@ -20,6 +20,7 @@ import pandas as pd
 
 from ..audit import final_worst_case
 from ..experiments import Run, Study
+from ..arms import seeds_of
 from ..figures import LABELS, order, palette
 from ..parameters import resolve
 from ..publish import Fact, Phrase
@@ -87,6 +88,7 @@ class Plan:
 
     datasets: tuple[str, ...]
     seeds: tuple[int, ...]
+    comparison_seeds: tuple[int, ...]
     full_seeds: tuple[int, ...]
     methods: tuple[str, ...]
     n_images: int
@@ -94,22 +96,24 @@ class Plan:
     square_queries: int
 
     def models(self) -> list[tuple[str, str, int]]:
-        """(dataset, arm, seed) of every audited model, in the chapter's order."""
+        """(dataset, arm, seed) of every audited model, in the chapter's order: every model of the main
+        table (the compared arms on ``comparison_seeds``, :func:`aalp.arms.seeds_of`), and the full audit's."""
         return [(d, m, s) for d in self.datasets for m in self.methods
-                for s in sorted(set(self.seeds) | set(self.full_seeds))]
+                for s in sorted(set(seeds_of(m, self.seeds, self.comparison_seeds)) | set(self.full_seeds))]
 
 
 def plan(study: Study, datasets: list[str] | None = None, seeds: list[int] | None = None,
          full_audit_seeds: list[int] | None = None, methods: list[str] | None = None,
          n_images: int | None = None, steps: list[int] | None = None,
-         square_queries: int | None = None) -> Plan:
+         square_queries: int | None = None, comparison_seeds: list[int] | None = None) -> Plan:
     """:func:`compute`'s parameters, checked before any compute and resolved (every arm, the profile's
-    seeds, its first seed for the full audit, its audit size, step counts and Square budget)."""
+    seeds and comparison seeds, its first seed for the full audit, its audit size, step counts and Square
+    budget)."""
     p = resolve(study.profile, "05_robustness_audit", datasets=datasets, seeds=seeds,
-                full_audit_seeds=full_audit_seeds, methods=methods, n_images=n_images, steps=steps,
-                square_queries=square_queries)
-    return Plan(tuple(p["datasets"]), tuple(p["seeds"]), tuple(p["full_audit_seeds"]), tuple(p["methods"]),
-                p["n_images"], tuple(p["steps"]), p["square_queries"])
+                comparison_seeds=comparison_seeds, full_audit_seeds=full_audit_seeds, methods=methods,
+                n_images=n_images, steps=steps, square_queries=square_queries)
+    return Plan(tuple(p["datasets"]), tuple(p["seeds"]), tuple(p["comparison_seeds"]), tuple(p["full_audit_seeds"]),
+                tuple(p["methods"]), p["n_images"], tuple(p["steps"]), p["square_queries"])
 
 
 def notebook_plan(study: Study, parameters: dict[str, Any]) -> Plan:
@@ -137,10 +141,10 @@ def audit_model(study: Study, p: Plan, dataset: str, method: str, seed: int
 def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | None = None,
             full_audit_seeds: list[int] | None = None, methods: list[str] | None = None,
             n_images: int | None = None, steps: list[int] | None = None,
-            square_queries: int | None = None) -> Audits:
+            square_queries: int | None = None, comparison_seeds: list[int] | None = None) -> Audits:
     """Audit every model of the main table (cheap) and those of ``full_audit_seeds`` (full); see the
     module docstring."""
-    p = plan(study, datasets, seeds, full_audit_seeds, methods, n_images, steps, square_queries)
+    p = plan(study, datasets, seeds, full_audit_seeds, methods, n_images, steps, square_queries, comparison_seeds)
     rows, audits, strength = [], {}, []
     for d, m, s in p.models():
         run, cheap, full = audit_model(study, p, d, m, s)
