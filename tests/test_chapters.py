@@ -271,3 +271,16 @@ def test_guided_dropout_verdict_says_which_interval_alone_excludes_0() -> None:
 def test_ablation_verdict_is_the_stats_rule() -> None:
     result = _ablation({"AALP": 0.2}, {})
     assert result.facts["abl_aalp_verdict"] == Phrase(stats.verdict(result.comparisons["AALP"], ("AALP", "ALP")))
+
+
+def test_the_plain_answer_follows_the_sign_of_each_dataset() -> None:
+    from aalp.chapters.main_results import answer
+
+    tuned = ("AALP (tuned)", "ALP (tuned)")
+    assert answer({"mnist": 0, "fashion-mnist": 0}, tuned).startswith(
+        "No: our AALP does not beat ALP (tuned against tuned) on MNIST or Fashion-MNIST; on each the difference")
+    mixed = answer({"mnist": -1, "fashion-mnist": 0}, tuned)
+    assert "it is worse on MNIST" in mixed and "on Fashion-MNIST the difference is within" in mixed
+    assert answer({"mnist": 1, "fashion-mnist": 0}, tuned).startswith("Yes on MNIST: our AALP beats ALP there")
+    assert answer({"mnist": 0}, ("AALP", "ALP")) == ("No: our AALP does not beat ALP on MNIST; the difference is "
+                                                     "within what the seeds and images can resolve.")

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .. import arms, stats
-from ..data import DATASETS
+from ..data import DATASETS, title
 from ..experiments import Run, Study
 from ..grid import main_grid
 from ..figures import LABELS, forest, order, palette
@@ -145,7 +145,36 @@ def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | 
                       f"{d}_compared": int(t["images"].sum()),
                       f"{d}_classes_worse": _classes(t, lambda r: r["AALP − ALP"] < 0),
                       f"{d}_classes_better": _classes(t, lambda r: r["AALP − ALP"] > 0)})
+    if pairs:
+        a, b = pairs[0]
+        signs = {d: stats.sign(comparisons[d][f"{a} − {b}"][PRIMARY]) for d in comparisons}
+        facts["main_answer"] = Phrase(answer(signs, (LABELS[a], LABELS[b])))
+    first = runs[datasets[0]][methods[0]][0]
+    facts.update({"main_model": Phrase(first.config.train.model), "main_epochs": first.config.train.epochs,
+                  "main_model_mparams": sum(p.numel() for p in first.model.parameters()) / 1e6})
     return MainResults(datasets, seeds, methods, runs, frames, comparisons, best, by_class, facts)
+
+
+def answer(signs: dict[str, int], names: tuple[str, str]) -> str:
+    """The plain answer to "does A beat B?" from each dataset's sign of A − B (:func:`aalp.stats.sign`:
+    +1 or −1 only when distinguishable from 0, else 0), one sentence naming the datasets. ``names`` are
+    the arms' labels (:data:`aalp.arms.LABELS`)."""
+    a, b = (n.split(" (")[0] for n in names)
+    how = " (tuned against tuned)" if all(n.endswith("(tuned)") for n in names) else ""
+    better = [title(d) for d, s in signs.items() if s > 0]
+    worse = [title(d) for d, s in signs.items() if s < 0]
+    tied = [title(d) for d, s in signs.items() if s == 0]
+    if better:
+        head = f"Yes on {' and '.join(better)}: our {a} beats {b} there{how}"
+    else:
+        head = f"No: our {a} does not beat {b}{how} on {' or '.join(title(d) for d in signs)}"
+    unresolved = "within what the seeds and images can resolve"
+    parts = [f"it is worse on {' and '.join(worse)}"] if worse else []
+    if tied:
+        parts.append(f"on {' and '.join(tied)} the difference is {unresolved}" if better or worse
+                     else f"on each the difference is {unresolved}" if len(tied) > 1
+                     else f"the difference is {unresolved}")
+    return head + ("; " + ", and ".join(parts) if parts else "") + "."
 
 
 def _label_list(text: str) -> str:
