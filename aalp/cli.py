@@ -194,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     own.add_argument("--weights", required=True, help="a .safetensors file: a state_dict, or a run checkpoint")
     own.add_argument("--profile", default="cpu", help="whose protocol: smoke | cpu | paper (default: cpu)")
     own.add_argument("--audit", default="cheap", help="cheap (default) | full | none")
+    own.add_argument("--normalize", default=None, help="for weights without this package's normalisation "
+                     "layer: dataset (trained on images normalised with the dataset's mean and std) or none "
+                     "(on the images in [0, 1] as they are)")
+    own.add_argument("--n", type=int, default=None, metavar="N",
+                     help="a quick look: the first N test images only (not comparable with the book's numbers)")
+    own.add_argument("--data-dir", default="data", help="datasets (default: data/; python -m aalp data fetch)")
     own.add_argument("--out", default=None, help="write the result as JSON here")
     own.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
     run = commands.add_parser("run", help="train and evaluate several methods / seeds, print a table",
@@ -252,11 +258,12 @@ def _evaluate_model(args: argparse.Namespace) -> int:
         raise ConfigError(f"--audit must be one of {', '.join(AUDITS)}, got {args.audit!r}")
     if args.out is not None and not Path(args.out).resolve().parent.is_dir():
         raise ConfigError(f"--out {args.out}: its directory does not exist")
-    model = load_model(args.arch, args.weights, args.dataset)
+    model = load_model(args.arch, args.weights, args.dataset, args.normalize)
     device = None if args.device == "auto" else args.device
     if device is None and torch.cuda.is_available():
         device = "cuda"
-    result = evaluate_model(model, args.dataset, profile=args.profile, audit=args.audit, device=device)
+    result = evaluate_model(model, args.dataset, profile=args.profile, audit=args.audit, device=device,
+                            data_root=args.data_dir, n=args.n)
     if args.out is not None:
         write_json(Path(args.out), result)
     print(result["summary"])

@@ -18,6 +18,7 @@ logits; it is put in eval mode for the attacks and given back in the mode it cam
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,20 @@ from .runs import ROOT
 from .unit import Unit
 
 AUDITS = ("none", "cheap", "full")
+NORMALIZE = ("dataset", "none")
+"""What a weights file without this package's normalisation layer (``normalize.mean``, ``normalize.std``)
+was trained on: images normalised with the dataset's mean and std, or the images as they are."""
 
 
-def load_model(arch: str, weights: str | Path, dataset: str) -> Classifier:
+def load_model(arch: str, weights: str | Path, dataset: str, normalize: str | None = None) -> Classifier:
     """A registered architecture (:data:`aalp.models.MODELS`) built for ``dataset`` (its normalisation as the
     first layer) with the tensors of a safetensors file: a plain ``state_dict`` or a checkpoint of this
     package (tensors under ``model.``). Returned in eval mode.
+
+    Args:
+        normalize: for a file without the normalisation layer's two buffers (a network trained by your own
+            code on normalised images, or on raw ones): ``"dataset"`` (the dataset's mean and std) or
+            ``"none"`` (mean 0, std 1: the images in [0, 1] as they are); refused when the file has them.
 
     Raises:
         ConfigError: unknown architecture or dataset, a missing file, or tensors that do not fit.
@@ -63,6 +72,20 @@ def load_model(arch: str, weights: str | Path, dataset: str) -> Classifier:
         raise ConfigError(f"{path} is not a readable safetensors file ({type(err).__name__})") from None
     if any(k.startswith("model.") for k in tensors):
         tensors = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    buffers = {"normalize.mean", "normalize.std"}
+    if normalize is not None:
+        checks.choice("normalize", normalize, NORMALIZE)
+        if buffers <= set(tensors):
+            raise ConfigError(f"{path} holds its own normalisation (normalize.mean, normalize.std); leave "
+                              "--normalize out")
+        own = model.state_dict()
+        tensors = {**tensors, **({k: own[k] for k in buffers} if normalize == "dataset" else
+                                 {"normalize.mean": torch.zeros_like(own["normalize.mean"]),
+                                  "normalize.std": torch.ones_like(own["normalize.std"])})}
+    elif buffers.isdisjoint(tensors) and set(model.state_dict()) - set(tensors) == buffers:
+        raise ConfigError(f"{path} has no normalisation layer (normalize.mean, normalize.std): say what the "
+                          f"network was trained on, --normalize dataset (the {dataset} mean and std) or "
+                          "--normalize none (the images in [0, 1] as they are)")
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
@@ -84,8 +107,12 @@ def check(model: object, dataset: str, profile: str, audit: str, surrogate: obje
 
 def evaluate_model(model: nn.Module, dataset: str, *, profile: str = "cpu", audit: str = "cheap",
                    surrogate: nn.Module | None = None, data_root: str | Path = ROOT / "data",
-                   device: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                   device: str | None = None, log: Callable[[str], None] = print,
+                   n: int | None = None) -> dict[str, Any]:
     """Evaluate ``model`` on ``dataset`` with the protocol of ``profile`` (see the module docstring).
+
+    ``n``: a quick look on the first ``n`` test images only (AutoAttack and the audit on at most as many);
+    the summary says so, and its numbers do not stand beside the book's (RobustBench's ``n_examples``).
 
     Args:
         audit: ``"cheap"`` (every model of the book), ``"full"`` (restarts, Square, transfer from
@@ -103,6 +130,9 @@ def evaluate_model(model: nn.Module, dataset: str, *, profile: str = "cpu", audi
     """
     check(model, dataset, profile, audit, surrogate)
     cfg = Unit(profile, dataset, "standard").config.eval  # every model of a profile is evaluated alike
+    if n is not None:
+        checks.integer("n", n, 1)
+        cfg = replace(cfg, n=n if cfg.n is None else min(n, cfg.n), autoattack_n=min(n, cfg.autoattack_n))
     settings = experiments(profile)
     target = torch.device(device) if device else next(model.parameters(), torch.zeros(0)).device
     try:
@@ -142,8 +172,11 @@ def evaluate_model(model: nn.Module, dataset: str, *, profile: str = "cpu", audi
     result.update({
         "final_worst_case": final, "masking_signals": signals,
         "protocol": {"profile": profile, "dataset": dataset, "eps": cfg.eps, "images": evaluation["n"],
-                     "autoattack_images": aa["n"] if aa else 0, "audited_images": audited, "audit": audit},
-        "summary": (f"{dataset}, ε = {cfg.eps:g}, {profile} protocol: clean {evaluation['attacks']['clean']['accuracy']:.1%}"
+                     "autoattack_images": aa["n"] if aa else 0, "audited_images": audited, "audit": audit,
+                     "quick_look_n": n},
+        "summary": (f"{dataset}, ε = {cfg.eps:g}, {profile} protocol"
+                    + (f" on the first {evaluation['n']} test images only (a quick look, not the book's numbers)"
+                       if n is not None else "") + f": clean {evaluation['attacks']['clean']['accuracy']:.1%}"
                     + (f", AutoAttack {aa['accuracy']:.1%} of {aa['n']}" if aa else "")
                     + f", worst case {worst['accuracy']:.1%}, final worst case {final:.1%} of {audited}"
                     + f"; masking signals: {'; '.join(signals) or 'none'}")})

@@ -41,7 +41,7 @@ def _run(code: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("page", ["own_model", "own_method"])
 def test_the_python_example_runs_as_written(page: str, tmp_path: Path, mnist_root: Path) -> None:
-    (code,) = blocks(page, "python")
+    code = "\n\n".join(blocks(page, "python"))  # every block of the page, in order, as a reader runs them
     done = _run(code, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     if page == "own_model":
@@ -63,7 +63,7 @@ def test_the_command_line_example_runs(tmp_path: Path, mnist_root: Path) -> None
     save_file(_smallcnn().state_dict(), str(tmp_path / "mine.safetensors"))
     done = _run(command, tmp_path, "bash", "-c")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "smoke protocol" in done.stdout and (tmp_path / "mine.json").is_file()
+    assert "smoke protocol on the first 200 test images only" in done.stdout and (tmp_path / "mine.json").is_file()
 
 
 def test_load_model_takes_a_state_dict_or_a_run_checkpoint(tmp_path: Path) -> None:
@@ -75,6 +75,30 @@ def test_load_model_takes_a_state_dict_or_a_run_checkpoint(tmp_path: Path) -> No
     for name in ("plain", "ckpt"):
         loaded = load_model("smallcnn", tmp_path / f"{name}.safetensors", "mnist")
         assert not loaded.training and torch.equal(loaded(x), expected)
+
+
+@pytest.mark.faults
+def test_load_model_takes_weights_without_the_normalisation_layer_when_told_what_they_were_trained_on(
+        tmp_path: Path, record_fault) -> None:
+    """A state_dict of the architecture's body and head alone (a network trained by the user's own code) is
+    refused in one line naming --normalize; with it, the model computes what the user's network computed."""
+    model = _smallcnn()
+    bare = {k: v for k, v in model.state_dict().items() if not k.startswith("normalize.")}
+    save_file(bare, str(tmp_path / "bare.safetensors"))
+    record_fault("weights without the normalisation layer")
+    with pytest.raises(ConfigError, match="no normalisation layer .*--normalize dataset .*--normalize none") as err:
+        load_model("smallcnn", tmp_path / "bare.safetensors", "mnist")
+    assert "\n" not in str(err.value)
+    x = torch.rand(3, 1, 28, 28)
+    normalised = load_model("smallcnn", tmp_path / "bare.safetensors", "mnist", normalize="dataset")
+    assert torch.equal(normalised(x), model.eval()(x))  # the dataset's mean and std, as the package's own models
+    raw = load_model("smallcnn", tmp_path / "bare.safetensors", "mnist", normalize="none")
+    assert torch.equal(raw(x), model.eval().head(model.body(x)))  # the images as they are
+    save_file(model.state_dict(), str(tmp_path / "full.safetensors"))
+    with pytest.raises(ConfigError, match="holds its own normalisation"):
+        load_model("smallcnn", tmp_path / "full.safetensors", "mnist", normalize="dataset")
+    with pytest.raises(ConfigError, match="normalize"):
+        load_model("smallcnn", tmp_path / "bare.safetensors", "mnist", normalize="zscore")
 
 
 def test_evaluate_model_gives_the_model_back_as_it_came(mnist_root: Path) -> None:
@@ -108,7 +132,9 @@ def test_evaluate_model_refuses_bad_input_in_one_line(kwargs: dict, match: str, 
     (["--arch", "smallcnn", "--weights", "w.safetensors", "--audit", "half"], "audit must be one of"),
     (["--arch", "smallcnn", "--weights", "w.safetensors", "--profile", "huge"], "unknown profile"),
     (["--arch", "smallcnn", "--weights", "w.safetensors", "--out", "nodir/r.json"], "directory does not exist"),
-    (["--arch", "smallcnn", "--weights", "junk.safetensors"], "not a readable safetensors file")])
+    (["--arch", "smallcnn", "--weights", "junk.safetensors"], "not a readable safetensors file"),
+    (["--arch", "smallcnn", "--weights", "w.safetensors", "--n", "0"], "n must be an integer ≥ 1"),
+    (["--arch", "smallcnn", "--weights", "w.safetensors", "--normalize", "zscore"], "normalize must be one of")])
 def test_evaluate_model_cli_refuses_bad_input(argv: list[str], needle: str, tmp_path: Path, record_fault,
                                               capsys: pytest.CaptureFixture) -> None:
     from aalp import cli
