@@ -47,9 +47,12 @@ against each other, then what tuning bought each method."""
 
 
 def check_arm(arm: object) -> None:
-    """Refuse an unknown arm name (:class:`ConfigError` naming the choices)."""
-    if arm not in ARMS:
-        raise ConfigError(f"unknown method {arm!r}; choose one of {', '.join(ARMS)}")
+    """Refuse an unknown arm name (:class:`ConfigError` naming the choices): the :data:`ARMS`, or a method
+    registered later (:func:`aalp.methods.register`, e.g. by a ``--plugin`` module)."""
+    if arm not in ARMS and arm not in METHODS:
+        extra = [m for m in METHODS if m not in ARMS]
+        raise ConfigError(f"unknown method {arm!r}; choose one of {', '.join([*ARMS, *extra])} (a method of "
+                          "your own: register it in a module and pass --plugin MODULE)")
 
 
 def method_of(arm: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -60,6 +61,8 @@ def _selection(parser: argparse.ArgumentParser, several: bool = False) -> None:
     else:
         parser.add_argument("--method", default="aalp", help="default: aalp")
         parser.add_argument("--seed", type=int, default=None, help="shorthand for --set seed=N")
+    parser.add_argument("--plugin", nargs="+", default=[], metavar="MODULE",
+                        help="import these modules first (each may register a method of yours: aalp.methods.register)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override any configuration value (see below)")
     parser.add_argument("--runs-dir", default="runs", help="run cache (default: runs/)")
@@ -211,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _units(args: argparse.Namespace) -> list[Unit]:
     """The units a config / train / evaluate / run command names (every name checked; nothing computed)."""
+    for module in args.plugin:
+        _plugin(module)
     methods = args.methods if hasattr(args, "methods") else [args.method]
     seeds = args.seeds if hasattr(args, "seeds") else [args.seed]
     if getattr(args, "processes", None) is not None:
@@ -220,6 +225,21 @@ def _units(args: argparse.Namespace) -> list[Unit]:
     for unit in units:
         unit.config  # a bad --set value or dataset is refused here, before any compute
     return units
+
+
+def _plugin(module: str) -> None:
+    """Import ``module`` (from the working directory or ``PYTHONPATH``), which may register methods."""
+    import importlib
+
+    sys.path.insert(0, os.getcwd())
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # the user's module: whatever it raises, one line
+        raise ConfigError(f"--plugin {module}: cannot import it ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:120] if str(err) else ''}); pass an importable module name "
+                          "(a .py file's name without .py, in the working directory or on PYTHONPATH)") from None
+    finally:
+        sys.path.remove(os.getcwd())
 
 
 def _check_device(name: str) -> None:
@@ -369,6 +389,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         faults.armed()  # a malformed AALP_FAULT is refused before any compute
         return COMMANDS[args.command](args)
     except (ConfigError, DataError, CheckpointError, ValueError, OSError) as err:
-        message = "; ".join(line.strip(" -") for line in str(err).splitlines() if line.strip())
+        message = "; ".join(re.sub(r"^\s*-\s+", "", line).strip() for line in str(err).splitlines() if line.strip())
         print(f"aalp: error: {message}", file=sys.stderr)
         return 2

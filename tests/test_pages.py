@@ -66,6 +66,24 @@ def test_the_command_line_example_runs(tmp_path: Path, mnist_root: Path) -> None
     assert "smoke protocol on the first 200 test images only" in done.stdout and (tmp_path / "mine.json").is_file()
 
 
+@pytest.mark.faults
+def test_a_method_of_your_own_runs_from_the_command_line_with_its_plugin(tmp_path: Path, record_fault) -> None:
+    """The own-method page's command, with the page's code saved as my_method.py: the method trains and is
+    evaluated beside ALP; without --plugin, or with a module that does not import, it is one error line."""
+    (tmp_path / "my_method.py").write_text(blocks("own_method", "python")[0])
+    (command,) = blocks("own_method", "bash")
+    command = command.replace("\\\n", " ").replace(".venv/bin/python", sys.executable)
+    done = _run(command, tmp_path, "bash", "-c")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "clean-and-adversarial seed 0" in done.stdout and "alp seed 0" in done.stdout
+    record_fault("a method of your own without its plugin")
+    for extra, needle in (("", "unknown method 'clean-and-adversarial'"), ("--plugin nope", "--plugin nope: cannot import")):
+        bad = subprocess.run([sys.executable, "-m", "aalp", "config", "--profile", "smoke", "--method",
+                              "clean-and-adversarial", *extra.split()], cwd=tmp_path, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and needle in bad.stderr, bad.stderr
+
+
 def test_load_model_takes_a_state_dict_or_a_run_checkpoint(tmp_path: Path) -> None:
     model = _smallcnn()
     save_file(model.state_dict(), str(tmp_path / "plain.safetensors"))
