@@ -40,6 +40,8 @@ def setup() -> None:
 
     sns.set_theme(style="whitegrid", context="notebook")
     pd.options.display.float_format = "{:.3f}".format
+    pd.options.display.max_rows = None  # every row of a table on the page (the zoo has 64), never "…"
+    pd.options.display.max_columns = None
 
 
 def forest(rows: Sequence[tuple[str, Mapping[str, Any]]], *, xlabel: str, colour: str, percent: bool = True) -> Any:

@@ -95,17 +95,24 @@ def load_model(dataset: str, method: str, seed: int = 0, *, profile: str = "cpu"
 
 
 def table(profile: str = "cpu", root: str | Path = ROOT) -> Any:
-    """The zoo's page: one row per card (accuracies in percent, audits, hours, the weights' SHA-256 prefix)."""
+    """The zoo's page: every card, one row each, grouped by dataset and arm in the book's order
+    (:data:`aalp.arms.ORDER`) and indexed by (dataset, arm, seed): accuracies in percent, the masking
+    signals its audits raised, training hours, and the weights' SHA-256 prefix."""
     import pandas as pd
 
     rows = []
     for c in cards(profile, root):
-        audits = "; ".join(f"{a['audit']} {'passed' if a['passed'] else 'signals: ' + ', '.join(s.split(':')[0] for s in a['masking_signals'])}"
-                           for a in c["audits"]) or "not audited"
-        rows.append({"model": c["name"], "architecture": c["model"], "clean": 100 * c["clean"],
-                     "AutoAttack": None if c["autoattack"] is None else 100 * c["autoattack"],
-                     "worst case": 100 * c["worst_case"], "AutoAttack warnings": len(c["autoattack_warnings"]),
-                     "audit": audits, "training hours": c["train_hours"], "run": c["run"], "sha256": c["sha256"][:16]})
-    columns = ["model", "architecture", "clean", "AutoAttack", "worst case", "AutoAttack warnings", "audit",
-               "training hours", "run", "sha256"]
-    return pd.DataFrame(rows, columns=columns).set_index("model")
+        signals = sorted({s.split(":")[0] for a in c["audits"] for s in a["masking_signals"]})
+        audits = ", ".join(a["audit"] for a in c["audits"]) or "not audited"
+        rows.append({"dataset": c["dataset"], "method": arms.LABELS.get(c["method"], c["method"]), "seed": c["seed"],
+                     "order": arms.ORDER.index(c["method"]) if c["method"] in arms.ORDER else len(arms.ORDER),
+                     "clean": 100 * c["clean"], "AutoAttack": None if c["autoattack"] is None else 100 * c["autoattack"],
+                     "worst case": 100 * c["worst_case"], "audits": audits,
+                     "masking signals": ("; ".join(signals) or "none") if c["audits"] else "not audited",
+                     "training hours": c["train_hours"], "sha256": c["sha256"][:16]})
+    columns = ["dataset", "method", "seed", "order", "clean", "AutoAttack", "worst case", "audits", "masking signals",
+               "training hours", "sha256"]
+    frame = pd.DataFrame(rows, columns=columns)
+    datasets = list(dict.fromkeys(frame["dataset"]))
+    frame = frame.assign(rank=frame["dataset"].map(datasets.index)).sort_values(["rank", "order", "seed"])
+    return frame.drop(columns=["rank", "order"]).set_index(["dataset", "method", "seed"])

@@ -80,3 +80,15 @@ def test_bad_or_missing_names_are_one_line(kwargs: dict, match: str, smoke_zoo: 
         zoo.load_model(args.pop("dataset"), args.pop("method"), args.pop("seed"), root=smoke_zoo, **args)
     assert "\n" not in str(err.value)
     assert sorted(p.name for p in (smoke_zoo / "results" / "smoke" / "runs").iterdir()) == before
+
+
+def test_the_zoo_page_lists_every_card_grouped_in_the_book_order() -> None:
+    from aalp import arms
+
+    cards = zoo.cards("cpu")
+    t = zoo.table("cpu")
+    assert len(t) == len(cards) and t.index.names == ["dataset", "method", "seed"]
+    assert {"clean", "AutoAttack", "worst case", "masking signals", "sha256"} <= set(t.columns)
+    labels = list(dict.fromkeys(t.loc["mnist"].index.get_level_values("method")))
+    assert labels == [arms.LABELS[a] for a in arms.ORDER if arms.LABELS[a] in labels]
+    assert "not audited" not in set(t["masking signals"])  # every model of the cpu zoo is audited
