@@ -40,6 +40,7 @@ from .checkpoint import file_lock, write_json
 from .config import ConfigError, experiments
 from .data import DATASETS
 from .runs import ROOT, results_dir
+from .search import validation_score_of
 from .unit import Unit
 
 if TYPE_CHECKING:
@@ -136,10 +137,11 @@ def _study(profile: str, dataset: str, a: Arm, root: str | Path) -> optuna.Study
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # QMCSampler's notice
     path = _journal(profile, dataset, a, root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.create_study(
-        study_name=f"{profile}/{dataset}/{a.name}", direction="maximize", load_if_exists=True,
-        storage=JournalStorage(JournalFileBackend(str(path))),
-        sampler=optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=SAMPLER_SEED))
+    name, storage = f"{profile}/{dataset}/{a.name}", JournalStorage(JournalFileBackend(str(path)))
+    sampler = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=SAMPLER_SEED)
+    if name in {s.study_name for s in storage.get_all_studies()}:  # reading appends nothing to the journal
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    return optuna.create_study(study_name=name, direction="maximize", storage=storage, sampler=sampler)
 
 
 def trial_units(profile: str, dataset: str, root: str | Path = ROOT) -> list[Unit]:
@@ -157,13 +159,6 @@ def trial_units(profile: str, dataset: str, root: str | Path = ROOT) -> list[Uni
             units += [Unit(profile, dataset, a.method, seed, tuple(t.user_attrs["overrides"]),
                            label=f"{a.name} #{t.number}", root=Path(root)) for t in study.trials[: a.trials]]
     return units
-
-
-def _score(unit: Unit, runs_dir: Path, data_dir: Path) -> float | None:
-    """The cached validation score of a trained unit, or ``None`` if it has none yet."""
-    from .search import validation_score_of
-
-    return validation_score_of(unit, runs_dir, data_dir)
 
 
 def _trials(profile: str, dataset: str, root: str | Path, score: Callable[[Unit], float | None]
@@ -222,7 +217,7 @@ def record(profile: str, dataset: str, root: str | Path = ROOT, data_dir: str | 
     runs_dir, data = results_dir(profile, root) / "runs", Path(data_dir) if data_dir else root / "data"
 
     def score(unit: Unit) -> float | None:
-        return _score(unit, runs_dir, data)
+        return validation_score_of(unit, runs_dir, data)
 
     noise: dict[str, list[float | None]] = {}
     for u in noise_units(profile, dataset, root):
@@ -243,9 +238,9 @@ def record(profile: str, dataset: str, root: str | Path = ROOT, data_dir: str | 
     except ConfigError:
         return out
     configs: dict[tuple[str, tuple[str, ...]], list[float | None]] = {}
-    for a, trials in zip(ARMS, _by_arm(trial_units(profile, dataset, root))):
-        for u in trials:
-            configs[a.name, u.overrides] = [score(u)]
+    for name, trials in out["trials"].items():
+        for t in trials:
+            configs[name, tuple(t["overrides"])] = [t["score"]]
     for u in confirm:
         configs[(u.label or "").split(" #")[0], u.overrides].append(score(u))
     confirmed = [{"arm": name, "method": arm(name).method, "overrides": list(o), "scores": v,
@@ -279,7 +274,7 @@ def tell(profile: str, dataset: str, root: str | Path = ROOT) -> None:
         with file_lock(_journal(profile, dataset, a, root).with_suffix(".lock")):
             study = _study(profile, dataset, a, root)
             for t, u in zip(study.trials, units):
-                value = _score(u, runs_dir, data)
+                value = validation_score_of(u, runs_dir, data)
                 if t.state == TrialState.RUNNING and value is not None:
                     study.tell(t.number, value)
 
@@ -299,7 +294,7 @@ def run(profile: str, datasets: Sequence[str], *, root: str | Path = ROOT, jobs:
         for stage, units in (("noise floor", lambda: noise_units(profile, d, root)),
                              ("search", lambda: trial_units(profile, d, root)),
                              ("confirmation", lambda: confirmation_units(
-                                 profile, d, root, lambda u: _score(u, runs_dir, data)))):
+                                 profile, d, root, lambda u: validation_score_of(u, runs_dir, data)))):
             chosen = units()
             log(f"tuning {profile} {d}: {stage}, {len(chosen)} units")
             run_grid(chosen, runs_dir=runs_dir, data_dir=data, jobs=jobs, score="validation", log=log)

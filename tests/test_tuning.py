@@ -15,7 +15,9 @@ from aalp.config import ConfigError, experiments, profile
 def test_trials_are_asked_once_and_are_the_same_on_a_rerun(tmp_path: Path) -> None:
     units = tuning.trial_units("cpu", "mnist", tmp_path)
     assert len(units) == sum(a.trials for a in tuning.ARMS)
+    journals = {p: p.read_bytes() for p in (tmp_path / "results" / "cpu" / "tuning").glob("*.log")}
     assert tuning.trial_units("cpu", "mnist", tmp_path) == units  # a rerun asks nothing new
+    assert {p: p.read_bytes() for p in journals} == journals, "reading the study wrote to its journal"
     other = tmp_path / "other"
     assert tuning.trial_units("cpu", "mnist", other) == units  # a fresh study draws the same (seeded) points
     seed = experiments("cpu").search_run_seed
