@@ -289,15 +289,15 @@ def run(profile: str, datasets: Sequence[str], *, root: str | Path = ROOT, jobs:
         _check(profile, d)
     root = Path(root)
     runs_dir, data = results_dir(profile, root) / "runs", root / "data"
-    paths = []
-    for d in datasets:
-        for stage, units in (("noise floor", lambda: noise_units(profile, d, root)),
-                             ("search", lambda: trial_units(profile, d, root)),
-                             ("confirmation", lambda: confirmation_units(
-                                 profile, d, root, lambda u: validation_score_of(u, runs_dir, data)))):
-            chosen = units()
-            log(f"tuning {profile} {d}: {stage}, {len(chosen)} units")
-            run_grid(chosen, runs_dir=runs_dir, data_dir=data, jobs=jobs, score="validation", log=log)
+    stages = (("noise floor", lambda d: noise_units(profile, d, root)),
+              ("search", lambda d: trial_units(profile, d, root)),
+              ("confirmation", lambda d: confirmation_units(
+                  profile, d, root, lambda u: validation_score_of(u, runs_dir, data))))
+    for stage, units in stages:  # stage by stage over every dataset: the lanes idle only between stages
+        chosen = [u for d in datasets for u in units(d)]
+        log(f"tuning {profile} {', '.join(datasets)}: {stage}, {len(chosen)} units")
+        run_grid(chosen, runs_dir=runs_dir, data_dir=data, jobs=jobs, score="validation", log=log)
+        for d in datasets:
             tell(profile, d, root)
-            paths.append(write_record(profile, d, root))
-    return paths
+            write_record(profile, d, root)
+    return [results_dir(profile, root) / "tuning" / f"{d}.json" for d in datasets]
