@@ -42,25 +42,25 @@ from .selection import finished, record_path
 NOTEBOOKS = (
     "01_feature_contribution",
     "02_alp_target_fit",
-    "03_main_results",
-    "04_ablation",
-    "05_robustness_audit",
-    "06_cost",
-    "07_tuning",
+    "04_main_results",
+    "05_ablation",
+    "06_robustness_audit",
+    "07_cost",
+    "03_tuning",
     "08_model_zoo",
 )
 
 
-TRAINS: dict[str, Callable[[Study, dict[str, Any]], list[grid.Unit]]] = {"04_ablation": ablation.notebook_units}
+TRAINS: dict[str, Callable[[Study, dict[str, Any]], list[grid.Unit]]] = {"05_ablation": ablation.notebook_units}
 """Notebooks that train models beyond the main table, and those models (from the notebook's parameters):
 ``reproduce --jobs N`` trains them in the grid's lanes too."""
 
-AUDITS: dict[str, Callable[[Study, dict[str, Any]], masking.Plan]] = {"05_robustness_audit": masking.notebook_plan}
+AUDITS: dict[str, Callable[[Study, dict[str, Any]], masking.Plan]] = {"06_robustness_audit": masking.notebook_plan}
 """Notebooks that audit models, and what they audit: ``reproduce --jobs N`` computes the audits in
 parallel lanes after the grid, so that the notebook finds them cached."""
 
 
-READS_SEARCHES = ("03_main_results", "04_ablation", "05_robustness_audit", "07_tuning")
+READS_SEARCHES = ("04_main_results", "05_ablation", "06_robustness_audit", "03_tuning")
 """Notebooks that read the declared searches (tuned arms, the tuning chapter): ``reproduce`` runs the
 unfinished searches before them (a notebook never searches)."""
 

@@ -26,8 +26,8 @@ ROLE = re.compile(r"\{glue(?::(\w+))?\}`([^`]+)`")
 pytestmark = pytest.mark.skipif(not os.environ.get("AALP_BOOK_BUILT"),
                                 reason="build the book first: make test-book")
 
-FIGURES = {"01_feature_contribution": 2, "02_alp_target_fit": 2, "03_main_results": 2, "04_ablation": 1,
-           "05_robustness_audit": 2, "06_cost": 2, "07_tuning": 1, "08_model_zoo": 0}
+FIGURES = {"01_feature_contribution": 2, "02_alp_target_fit": 2, "04_main_results": 2, "05_ablation": 1,
+           "06_robustness_audit": 2, "07_cost": 2, "03_tuning": 1, "08_model_zoo": 0}
 
 
 def page(name: str) -> str:
@@ -120,8 +120,8 @@ def test_notebook_pages_have_their_figures(name: str) -> None:
     assert "Traceback" not in text, f"{name} shows a traceback"
 
 
-@pytest.mark.parametrize("name", ["notebooks/03_main_results", "notebooks/04_ablation",
-                                  "notebooks/05_robustness_audit", "results"])
+@pytest.mark.parametrize("name", ["notebooks/04_main_results", "notebooks/05_ablation",
+                                  "notebooks/06_robustness_audit", "results"])
 def test_tables(name: str) -> None:
     assert "<table" in page(name)
 

@@ -1,4 +1,4 @@
-"""Chapter 7's tables from a search record: the early-rung diagnostic, the selected configuration against
+"""Chapter 3's tables from a search record: the early-rung diagnostic, the selected configuration against
 the defaults, and every trial (no training: the records are written by hand)."""
 
 from __future__ import annotations

@@ -184,7 +184,7 @@ def test_ablation_checks_before_compute() -> None:
     ({"dataset": "mnist", "ablation_seeds": None, "lams": None, "tuned_dataset": "cifar100", "tuned_ablation_seeds": None},
      "dataset")])
 def test_ablation_units_check_before_anything(params: dict, needle: str, record_fault) -> None:
-    """The models chapter 4 trains (for ``reproduce --jobs``): bad parameters are one line, before the
+    """The models chapter 5 trains (for ``reproduce --jobs``): bad parameters are one line, before the
     study is asked for a search, a run or an image."""
     record_fault("bad ablation-units input")
     with pytest.raises(ConfigError, match=needle) as err:

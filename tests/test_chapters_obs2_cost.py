@@ -147,7 +147,7 @@ def test_compute_checks_parameters_before_any_run() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Chapter 6
+# Chapter 7
 # ----------------------------------------------------------------------------------------------------
 
 def _epoch(seconds: float, threads: int = 1, device: str = "cpu") -> dict[str, Any]:

@@ -56,11 +56,11 @@ def test_unknown_profile(profile: object, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("notebook, params, needle", [
-    ("03_main_results", {"profile": "huge"}, "unknown profile"),
-    ("03_main_results", {"seeds": "0,1"}, "seeds"),
+    ("04_main_results", {"profile": "huge"}, "unknown profile"),
+    ("04_main_results", {"seeds": "0,1"}, "seeds"),
     ("01_feature_contribution", {"fraction": 2.0}, "fraction"),
-    ("05_robustness_audit", {"full_audit_seeds": "0"}, "full_audit_seeds"),
-    ("04_ablation", {"lams": [-1.0]}, "lams"),
+    ("06_robustness_audit", {"full_audit_seeds": "0"}, "full_audit_seeds"),
+    ("05_ablation", {"lams": [-1.0]}, "lams"),
 ])
 def test_through_papermill(notebook: str, params: dict, needle: str, tmp_path: Path, record_fault) -> None:
     record_fault("bad parameter injected through papermill")
@@ -91,16 +91,16 @@ def test_every_notebook_declares_its_parameters_as_none_and_resolve_fills_them()
         assert set(declared) == {"profile", "root", *defaults}, notebook
         assert all(declared[name] == "None" for name in declared if name != "profile"), notebook
     cpu = experiments("cpu")
-    p = resolve("cpu", "05_robustness_audit")
+    p = resolve("cpu", "06_robustness_audit")
     assert p["seeds"] == list(cpu.seeds) and p["full_audit_seeds"] == [cpu.seeds[0]] and p["n_images"] == cpu.audit_n
-    assert resolve("cpu", "05_robustness_audit", seeds=[3, 4])["full_audit_seeds"] == [3]  # from the seeds given
-    assert resolve("cpu", "04_ablation")["tuned_ablation_seeds"] == list(cpu.comparison_seeds[:3])
+    assert resolve("cpu", "06_robustness_audit", seeds=[3, 4])["full_audit_seeds"] == [3]  # from the seeds given
+    assert resolve("cpu", "05_ablation")["tuned_ablation_seeds"] == list(cpu.comparison_seeds[:3])
     assert resolve("smoke", "01_feature_contribution", k=3)["k"] == 3
 
 
 @pytest.mark.parametrize("notebook, params, needle", [
-    ("03_main_results", {"lams": [1.0]}, "03_main_results takes no parameter lams"),
-    ("nope", {}, "unknown notebook 'nope'"), ("03_main_results", {"seeds": [-1]}, "seeds = [-1]")])
+    ("04_main_results", {"lams": [1.0]}, "04_main_results takes no parameter lams"),
+    ("nope", {}, "unknown notebook 'nope'"), ("04_main_results", {"seeds": [-1]}, "seeds = [-1]")])
 def test_resolve_refuses_what_a_notebook_does_not_take(notebook: str, params: dict, needle: str, record_fault) -> None:
     from aalp.parameters import resolve
 

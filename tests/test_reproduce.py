@@ -201,7 +201,7 @@ class _Stop(Exception):
 
 
 def test_jobs_train_the_ablation_models_in_the_grid(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``reproduce --jobs N`` hands the grid every model chapter 4's notebook trains (both its calls, at
+    """``reproduce --jobs N`` hands the grid every model chapter 5's notebook trains (both its calls, at
     the notebook's own parameters), besides the main table, so the notebook finds them cached."""
     from aalp import arms, grid, unit as unit_module
     from aalp.chapters import ablation
@@ -220,7 +220,7 @@ def test_jobs_train_the_ablation_models_in_the_grid(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(grid, "run_grid", fake_run_grid)
     with pytest.raises(_Stop):
-        reproduce("smoke", root=REPO, only=["04_ablation"], jobs=2)
+        reproduce("smoke", root=REPO, only=["05_ablation"], jobs=2)
 
     trained = []
 
@@ -231,11 +231,11 @@ def test_jobs_train_the_ablation_models_in_the_grid(monkeypatch: pytest.MonkeyPa
         def test_images(self, dataset, n=None):  # type: ignore[override]
             raise _Stop  # every run is asked for before the first analysis
 
-    notebook = REPO / "notebooks" / "04_ablation.ipynb"
+    notebook = REPO / "notebooks" / "05_ablation.ipynb"
     source = "".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
     assert "chapter.compute(study, dataset=dataset, ablation_seeds=ablation_seeds, lams=lams)" in source
     assert "chapter.compute(study, dataset=tuned_dataset, ablation_seeds=tuned_ablation_seeds, tuned=True)" in source
-    p = notebook_parameters("smoke", "04_ablation")
+    p = notebook_parameters("smoke", "05_ablation")
     for kwargs in ({"dataset": p["dataset"], "ablation_seeds": p["ablation_seeds"], "lams": p["lams"]},
                    {"dataset": p["tuned_dataset"], "ablation_seeds": p["tuned_ablation_seeds"], "tuned": True}):
         with pytest.raises(_Stop):
@@ -272,13 +272,13 @@ def test_jobs_run_the_unfinished_searches_side_by_side(tmp_path: Path, monkeypat
     monkeypatch.setattr(grid, "run_grid", lambda *a, **k: (_ for _ in ()).throw(_Stop()))
     monkeypatch.setattr(grid, "main_grid", lambda *a, **k: [])
     with pytest.raises(_Stop):
-        reproduce("smoke", root=tmp_path, only=["07_tuning"], jobs=2)
+        reproduce("smoke", root=tmp_path, only=["03_tuning"], jobs=2)
     (pool,) = pools
     todo = [(d, m) for d in settings.datasets for m in SEARCH_METHODS if (d, m) != done]
     threads = max(1, grid.cores() // 2)
     assert pool.jobs == 2 and pool.calls == [("_tune", "smoke", tmp_path.resolve(), d, m, threads) for d, m in todo]
     with pytest.raises(_Stop):  # a cluster job takes the cores it is given, as a grid unit does
-        reproduce("smoke", root=tmp_path, only=["07_tuning"], cluster="local")
+        reproduce("smoke", root=tmp_path, only=["03_tuning"], cluster="local")
     assert pools[-1].calls == [("_tune", "smoke", tmp_path.resolve(), d, m, None) for d, m in todo]
     before = len(pools)
     with pytest.raises(_Stop):
@@ -287,7 +287,7 @@ def test_jobs_run_the_unfinished_searches_side_by_side(tmp_path: Path, monkeypat
 
 
 def test_jobs_compute_the_audits_in_lanes_after_the_grid(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``reproduce --jobs N`` audits every model chapter 5's notebook audits, one lane job per model with
+    """``reproduce --jobs N`` audits every model chapter 6's notebook audits, one lane job per model with
     the notebook's own plan (the same cache keys the notebook then reads), after the grid has trained
     them, and before any notebook executes."""
     from aalp import grid, reproduce as reproduce_module
@@ -310,9 +310,9 @@ def test_jobs_compute_the_audits_in_lanes_after_the_grid(monkeypatch: pytest.Mon
     monkeypatch.setattr(grid, "lanes", lambda jobs, cluster, folder, slurm: nullcontext(Inline()))
     monkeypatch.setattr(reproduce_module, "_execute", lambda *a, **k: (_ for _ in ()).throw(_Stop()))
     with pytest.raises(_Stop):
-        reproduce("smoke", root=REPO, only=["05_robustness_audit"], jobs=2)
-    notebook = REPO / "notebooks" / "05_robustness_audit.ipynb"
-    plan = masking.notebook_plan(Study("smoke", REPO), notebook_parameters("smoke", "05_robustness_audit"))
+        reproduce("smoke", root=REPO, only=["06_robustness_audit"], jobs=2)
+    notebook = REPO / "notebooks" / "06_robustness_audit.ipynb"
+    plan = masking.notebook_plan(Study("smoke", REPO), notebook_parameters("smoke", "06_robustness_audit"))
     threads = max(1, grid.cores() // 2)
     assert order == ["grid"] + ["_audit"] * len(plan.models())
     assert calls == [("smoke", REPO, plan, d, m, s, threads) for d, m, s in plan.models()]

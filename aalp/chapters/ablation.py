@@ -1,4 +1,4 @@
-"""Chapter 4, ablation: AALP's two modules and its reconstruction choices, each compared with ALP.
+"""Chapter 5, ablation: AALP's two modules and its reconstruction choices, each compared with ALP.
 
 Every variant (:func:`variants`) is trained with the profile's settings on one dataset and the
 ``ablation_seeds`` and evaluated on the same images as the main table. Each variant's worst-case accuracy
@@ -99,7 +99,7 @@ def tuned_variants(selected: Sequence[str]) -> list[Variant]:
 
 @dataclass
 class Ablation:
-    """What chapter 4 computes (see the module docstring)."""
+    """What chapter 5 computes (see the module docstring)."""
 
     dataset: str
     seeds: list[int]
@@ -121,7 +121,7 @@ class Ablation:
         return self.measure.groupby("variant", sort=False)[[PRIMARY, "worst_case"]].mean()
 
     def details(self) -> dict[str, Any]:
-        """JSON-ready records for ``results/<profile>/04_ablation.json``."""
+        """JSON-ready records for ``results/<profile>/05_ablation.json``."""
         return {"dataset": self.dataset, "seeds": self.seeds, "reference": REFERENCE, "primary": PRIMARY,
                 "variants": [{"key": v.key, "label": v.label, "method": v.method, "overrides": list(v.overrides)}
                              for v in self.variants],
@@ -196,11 +196,11 @@ def plan(study: Study, dataset: str | None = None, ablation_seeds: list[int] | N
     compute: ``None`` is the notebook's default, :data:`aalp.parameters.DEFAULTS`; with ``tuned``,
     ``dataset`` and ``ablation_seeds`` are the notebook's ``tuned_dataset`` and ``tuned_ablation_seeds``)."""
     if tuned:
-        p = resolve(study.profile, "04_ablation", tuned_dataset=dataset, tuned_ablation_seeds=ablation_seeds)
+        p = resolve(study.profile, "05_ablation", tuned_dataset=dataset, tuned_ablation_seeds=ablation_seeds)
         dataset, seeds = p["tuned_dataset"], p["tuned_ablation_seeds"]
         chosen = tuned_variants(study.tuned(dataset, "aalp"))
     else:
-        p = resolve(study.profile, "04_ablation", dataset=dataset, ablation_seeds=ablation_seeds, lams=lams)
+        p = resolve(study.profile, "05_ablation", dataset=dataset, ablation_seeds=ablation_seeds, lams=lams)
         dataset, seeds, chosen = p["dataset"], p["ablation_seeds"], variants(p["lams"])
     return dataset, list(seeds), chosen
 
@@ -214,7 +214,7 @@ def units(study: Study, dataset: str | None = None, ablation_seeds: list[int] | 
 
 
 def notebook_units(study: Study, parameters: Mapping[str, Any]) -> list[Unit]:
-    """The models chapter 4's notebook trains with ``parameters`` (:func:`aalp.parameters.resolve`'s): the
+    """The models chapter 5's notebook trains with ``parameters`` (:func:`aalp.parameters.resolve`'s): the
     ablation at the defaults on ``dataset``, then at AALP's tuned configuration on ``tuned_dataset``."""
     return [*units(study, parameters["dataset"], parameters["ablation_seeds"], parameters["lams"]),
             *units(study, parameters["tuned_dataset"], parameters["tuned_ablation_seeds"], tuned=True)]

@@ -1,4 +1,4 @@
-"""Chapter 6, cost: what each method costs to train and to evaluate.
+"""Chapter 7, cost: what each method costs to train and to evaluate.
 
 Times are the wall-clock seconds the training loop (``train_seconds`` of each epoch, the optimisation
 only: neither the validation monitor nor the Observation-2 trace) and the evaluation recorded on the
@@ -36,7 +36,7 @@ REFERENCE = "alp"
 
 @dataclass
 class Cost:
-    """What chapter 6 computes (see the module docstring)."""
+    """What chapter 7 computes (see the module docstring)."""
 
     datasets: list[str]
     seeds: list[int]
@@ -58,7 +58,7 @@ class Cost:
         return pd.DataFrame(self.machines)
 
     def details(self) -> dict[str, Any]:
-        """JSON-ready records for ``results/<profile>/06_cost.json``."""
+        """JSON-ready records for ``results/<profile>/07_cost.json``."""
         return {"datasets": self.datasets, "seeds": self.seeds, "methods": self.methods,
                 "machines": self.machines, "per_run": self.frame.to_dict("records"),
                 "relative": self.relative.reset_index().to_dict("records"),
@@ -136,7 +136,7 @@ def _machine(record: dict[str, Any]) -> str:
 def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | None = None,
             methods: list[str] | None = None) -> Cost:
     """Every method's training and evaluation seconds, the ratios to ALP and the training curve."""
-    p = resolve(study.profile, "06_cost", datasets=datasets, seeds=seeds, methods=methods)
+    p = resolve(study.profile, "07_cost", datasets=datasets, seeds=seeds, methods=methods)
     datasets, seeds, methods = list(p["datasets"]), list(p["seeds"]), order(p["methods"])
     runs = study.runs(datasets, methods, seeds)
     frame = pd.DataFrame([run_row(d, m, r) for d in datasets for m in methods for r in runs[d][m]])

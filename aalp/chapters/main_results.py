@@ -1,4 +1,4 @@
-"""Chapter 3, main results: every method on every dataset, and AALP against ALP.
+"""Chapter 4, main results: every method on every dataset, and AALP against ALP.
 
 Every model of a profile is evaluated on the same images (:func:`aalp.evaluate.evaluation_set`): clean,
 FGSM and PGD on all of them, AutoAttack on the first ``autoattack_n`` (a class-stratified random sample of
@@ -33,7 +33,7 @@ PRIMARY = "worst_case"
 
 @dataclass
 class MainResults:
-    """What chapter 3 computes (see the module docstring)."""
+    """What chapter 4 computes (see the module docstring)."""
 
     datasets: list[str]
     seeds: list[int]
@@ -67,7 +67,7 @@ class MainResults:
         return pd.DataFrame(rows).set_index(["dataset", "method", "seed"])
 
     def details(self) -> dict[str, Any]:
-        """JSON-ready records for ``results/<profile>/03_main_results.json``."""
+        """JSON-ready records for ``results/<profile>/04_main_results.json``."""
         return {"datasets": self.datasets, "seeds": self.seeds, "methods": self.methods,
                 "per_run": {d: f.to_dict("records") for d, f in self.frames.items()},
                 "comparisons": self.comparisons, "best": self.best,
@@ -95,7 +95,7 @@ def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | 
     profile's by default). Every pair of :data:`aalp.arms.PAIRS` present is compared; the first one present
     is the primary comparison, whose facts carry the plain keys (``<dataset>_diff``, ``<dataset>_verdict``).
     """
-    p = resolve(study.profile, "03_main_results", datasets=datasets, seeds=seeds, methods=methods,
+    p = resolve(study.profile, "04_main_results", datasets=datasets, seeds=seeds, methods=methods,
                 comparison_seeds=comparison_seeds)
     datasets, seeds, methods = list(p["datasets"]), list(p["seeds"]), list(p["methods"])
     comparison_seeds = list(p["comparison_seeds"])

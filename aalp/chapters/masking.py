@@ -1,4 +1,4 @@
-"""Chapter 5, the gradient-masking audit: is each model's number the number of an attack that works on it?
+"""Chapter 6, the gradient-masking audit: is each model's number the number of an attack that works on it?
 
 Every model of the main table gets the cheap audit (:func:`aalp.audit.audit` with ``full=False``: PGD by
 steps and by ε with no tolerance on the ε curve, CE and CW-margin PGD with and without random start with
@@ -29,7 +29,7 @@ from ..runs import decode_bits
 
 @dataclass
 class Audits:
-    """What chapter 5 computes (see the module docstring)."""
+    """What chapter 6 computes (see the module docstring)."""
 
     datasets: list[str]
     seeds: list[int]
@@ -84,7 +84,7 @@ def strength_curve(run: Run, audit: dict[str, Any]) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Plan:
-    """What chapter 5 audits, its parameters resolved to the profile's settings (:func:`plan`)."""
+    """What chapter 6 audits, its parameters resolved to the profile's settings (:func:`plan`)."""
 
     datasets: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -109,7 +109,7 @@ def plan(study: Study, datasets: list[str] | None = None, seeds: list[int] | Non
     """:func:`compute`'s parameters, checked before any compute and resolved (every arm, the profile's
     seeds and comparison seeds, its first seed for the full audit, its audit size, step counts and Square
     budget)."""
-    p = resolve(study.profile, "05_robustness_audit", datasets=datasets, seeds=seeds,
+    p = resolve(study.profile, "06_robustness_audit", datasets=datasets, seeds=seeds,
                 comparison_seeds=comparison_seeds, full_audit_seeds=full_audit_seeds, methods=methods,
                 n_images=n_images, steps=steps, square_queries=square_queries)
     return Plan(tuple(p["datasets"]), tuple(p["seeds"]), tuple(p["comparison_seeds"]), tuple(p["full_audit_seeds"]),
@@ -117,7 +117,7 @@ def plan(study: Study, datasets: list[str] | None = None, seeds: list[int] | Non
 
 
 def notebook_plan(study: Study, parameters: dict[str, Any]) -> Plan:
-    """The plan of chapter 5's notebook with ``parameters`` (:func:`aalp.parameters.resolve`'s)."""
+    """The plan of chapter 6's notebook with ``parameters`` (:func:`aalp.parameters.resolve`'s)."""
     return plan(study, **parameters)
 
 

@@ -1,11 +1,11 @@
-"""Chapter 7, the tuning search: ALP and AALP each tuned with the same budget, selected on validation images.
+"""Chapter 3, the tuning search: ALP and AALP each tuned with the same budget, selected on validation images.
 
 Every dataset has one declared search per method (:mod:`aalp.search`; budget ``search_budget_epochs``
 trained epochs, trials trained at ``search_run_seed``), run by :meth:`aalp.experiments.Study.tuned` if its
 committed record is missing. This chapter reads the records: what each search tried, how its best
 validation score grew with the epochs it spent (whether it had saturated), and which configuration won.
 Validation scores are selection scores, never results: the tuned arms are reported only on test images,
-retrained on the comparison seeds (:mod:`aalp.arms`, chapter 3).
+retrained on the comparison seeds (:mod:`aalp.arms`, chapter 4).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ..selection import best_so_far, load_record
 
 @dataclass
 class Tuning:
-    """What chapter 7 computes (see the module docstring)."""
+    """What chapter 3 computes (see the module docstring)."""
 
     datasets: list[str]
     records: dict[str, dict[str, dict[str, Any]]]  # dataset → method → search record
@@ -85,7 +85,7 @@ class Tuning:
         return pd.DataFrame(rows, columns=columns).set_index(columns[:3])  # no rows when a run is one rung
 
     def details(self) -> dict[str, Any]:
-        """JSON-ready records for ``results/<profile>/07_tuning.json``."""
+        """JSON-ready records for ``results/<profile>/03_tuning.json``."""
         return {"datasets": self.datasets,
                 "searches": {d: {m: {"best": r["best"], "epochs_spent": r["epochs_spent"],
                                      "budget_epochs": r["budget_epochs"], "trials": len(r["trials"]),
@@ -196,7 +196,7 @@ def lam_position(lam: float) -> float:
 
 def compute(study: Study, datasets: list[str] | None = None) -> Tuning:
     """Read the committed declared search of ALP and AALP on every dataset (``reproduce`` runs a missing one)."""
-    datasets = list(resolve(study.profile, "07_tuning", datasets=datasets)["datasets"])
+    datasets = list(resolve(study.profile, "03_tuning", datasets=datasets)["datasets"])
     records: dict[str, dict[str, dict[str, Any]]] = {}
     defaults: dict[str, dict[str, dict[str, Any]]] = {}
     for d in datasets:
