@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..audit import final_worst_case
+from .. import stats
+from ..arms import PAIRS, seeds_of
+from ..data import title
+from ..audit import final_worst_case, merge_bits
 from ..experiments import Run, Study
-from ..arms import seeds_of
 from ..figures import LABELS, order, palette
 from ..parameters import resolve
 from ..publish import Fact, Phrase
@@ -39,14 +41,25 @@ class Audits:
     audits: dict[tuple[str, str, int, bool], dict[str, Any]]  # (dataset, method, seed, full) → audit result
     facts: dict[str, Fact]
     strength: pd.DataFrame  # dataset, method, seed, step, attacks, accuracy: worst case as attacks are added
+    sensitivity: pd.DataFrame  # dataset, pair, scoring, seeds, estimate, intervals, verdict (:func:`sensitivity`)
 
     def table(self) -> pd.DataFrame:
         """Every model's numbers beside its masking signals."""
         return self.rows.set_index(["dataset", "method", "seed"])
 
+    def sensitivity_table(self) -> pd.DataFrame:
+        """:func:`sensitivity` for a reader: differences in points, one row per dataset, pair and scoring."""
+        t = self.sensitivity.copy()
+        for c in ("estimate", "low", "high", "t_low", "t_high"):
+            t[c] = 100 * t[c]
+        t = t.rename(columns={"estimate": "A − B (points)", "low": "95 % low", "high": "95 % high",
+                              "t_low": "t low", "t_high": "t high"})
+        return t.drop(columns=["sign"]).set_index(["dataset", "pair", "scoring"])
+
     def details(self) -> dict[str, Any]:
         return {"datasets": self.datasets, "seeds": self.seeds, "full_audit_seeds": self.full_seeds,
                 "methods": self.methods, "models": self.rows.to_dict("records"),
+                "sensitivity": self.sensitivity.to_dict("records"),
                 "audits": [{"dataset": d, "method": m, "seed": s, "full": f, **{k: v for k, v in a.items()
                                                                                  if k != "attacks"}}
                            for (d, m, s, f), a in self.audits.items()]}
@@ -145,7 +158,7 @@ def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | 
     """Audit every model of the main table (cheap) and those of ``full_audit_seeds`` (full); see the
     module docstring."""
     p = plan(study, datasets, seeds, full_audit_seeds, methods, n_images, steps, square_queries, comparison_seeds)
-    rows, audits, strength = [], {}, []
+    rows, audits, strength, bits = [], {}, [], {}
     for d, m, s in p.models():
         run, cheap, full = audit_model(study, p, d, m, s)
         audits[(d, m, s, False)] = cheap
@@ -154,6 +167,8 @@ def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | 
         result = full or cheap
         n = len(result["worst_case"]["robust"])
         strength += [{"dataset": d, "method": m, "seed": s, **point} for point in strength_curve(run, result)]
+        evaluated = run.entry("worst_case")["robust"][:n]
+        bits[d, m, s] = {"as evaluated": evaluated, "re-scored": merge_bits(evaluated, result["worst_case"]["robust"])}
         rows.append({"dataset": d, "method": m, "seed": s, "audit": "cheap" if full is None else "full",
                      "images": n, "worst case (evaluation)": float(run.bits("worst_case")[:n].mean()),
                      "final worst case": final_worst_case(run.entry("worst_case")["robust"], result),
@@ -161,8 +176,83 @@ def compute(study: Study, datasets: list[str] | None = None, seeds: list[int] | 
                      "masking signals": "; ".join(x.split(":")[0] for x in result["masking_signals"]) or "none",
                      "passed": result["passed"]})
     frame = pd.DataFrame(rows)
+    table = sensitivity(frame, bits, p.comparison_seeds)
     return Audits(list(p.datasets), list(p.seeds), list(p.full_seeds), list(p.methods), frame, audits,
-                  _facts(frame, audits), pd.DataFrame(strength))
+                  {**_facts(frame, audits), **_sensitivity_facts(table)}, pd.DataFrame(strength), table)
+
+
+SCORINGS = ("as evaluated", "re-scored", "flagged dropped")
+"""How :func:`sensitivity` scores each comparison: the evaluation's worst case (the main table's number, on
+the audited images); the final worst case (an image robust only if no attack of the evaluation or the
+audit broke it); and the evaluation's worst case on the seeds where neither model raised a masking
+signal."""
+
+
+def sensitivity(frame: pd.DataFrame, bits: dict[tuple[str, str, int], dict[str, str]],
+                seeds: tuple[int, ...]) -> pd.DataFrame:
+    """Does a comparison of :data:`aalp.arms.PAIRS` change when its models are re-scored with the audit's
+    attacks, or when every flagged model is dropped? Per dataset, pair and :data:`SCORINGS`: the paired
+    difference A − B on the audited images over ``seeds`` (seed s of A against seed s of B,
+    :func:`aalp.stats.paired_difference`: estimate, crossed 95 % interval, t-interval over seeds), its sign
+    (:func:`aalp.stats.sign`) and verdict. Dropping a
+    flagged model drops its seed from both sides; with no seed left the row says so (estimate nan)."""
+    passed = {(r.dataset, r.method, r.seed): bool(r.passed) for r in frame.itertuples()}
+    rows = []
+    for d in dict.fromkeys(frame["dataset"]):
+        for a, b in PAIRS:
+            if not all((d, m, s) in bits for m in (a, b) for s in seeds):
+                continue
+            clean = [s for s in seeds if passed[d, a, s] and passed[d, b, s]]
+            for scoring in SCORINGS:
+                kept = clean if scoring == "flagged dropped" else list(seeds)
+                key = "re-scored" if scoring == "re-scored" else "as evaluated"
+                row = {"dataset": d, "pair": f"{LABELS[a]} − {LABELS[b]}", "scoring": scoring,
+                       "seeds": ", ".join(map(str, kept)) or "none"}
+                if not kept:
+                    rows.append({**row, **dict.fromkeys(("estimate", "low", "high", "t_low", "t_high", "sign"), np.nan),
+                                 "verdict": "no seed left: every seed has a flagged model"})
+                    continue
+                x, y = ([decode_bits(bits[d, m, s][key]) for s in kept] for m in (a, b))
+                diff = stats.paired_difference(np.stack(x), np.stack(y))
+                rows.append({**row, **{k: diff[k] for k in ("estimate", "low", "high", "t_low", "t_high")},
+                             "sign": stats.sign(diff), "verdict": stats.verdict(diff, (LABELS[a], LABELS[b]))})
+    return pd.DataFrame(rows)
+
+
+_OUTCOME = {1: "better", -1: "worse", 0: "not distinguishable"}
+"""A :func:`aalp.stats.sign` in the words of :func:`aalp.stats.verdict`."""
+
+
+def _sensitivity_facts(table: pd.DataFrame) -> dict[str, Fact]:
+    """For the primary pair (the first of :data:`aalp.arms.PAIRS` compared), per dataset, whether its sign
+    survives re-scoring and dropping, in words (``audit_sensitivity``), and the one-word answer
+    (``audit_verdict_changes``: "yes" when any dataset's sign changes)."""
+    if table.empty:
+        return {"audit_sensitivity": Phrase("no pair of the comparison was audited on all its seeds"),
+                "audit_verdict_changes": Phrase("not measured")}
+    primary = table["pair"].iloc[0]
+    sentences, changed = [], False
+    for d, group in table[table["pair"] == primary].groupby("dataset", sort=False):
+        by = group.set_index("scoring")
+        base = by.loc["as evaluated"]
+        parts = []
+        for scoring, words in (("re-scored", "re-scored with the audit's attacks"),
+                               ("flagged dropped", "with every flagged model dropped")):
+            r = by.loc[scoring]
+            if np.isnan(r["estimate"]):
+                parts.append(f"{words}, no seed is left (every seed has a flagged model)")
+                continue
+            same = r["sign"] == base["sign"]
+            changed |= not same
+            t = (f", t-interval [{100 * r['t_low']:+.1f}, {100 * r['t_high']:+.1f}]"
+                 if not np.isnan(r["t_low"]) else "")
+            parts.append(f"{words} (seeds {r['seeds']}) it is {100 * r['estimate']:+.1f} points, 95 % interval "
+                         f"[{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]{t}, "
+                         + (f"still {_OUTCOME[base['sign']]}" if same else f"now {_OUTCOME[r['sign']]}"))
+        sentences.append(f"on {title(d)}, {primary} is {100 * base['estimate']:+.1f} points as evaluated "
+                         f"(seeds {base['seeds']}, {_OUTCOME[base['sign']]}); " + "; ".join(parts))
+    return {"audit_sensitivity": Phrase(" ".join(x[0].upper() + x[1:] + "." for x in sentences)),
+            "audit_verdict_changes": Phrase("yes" if changed else "no")}
 
 
 def _facts(frame: pd.DataFrame, audits: dict[tuple[str, str, int, bool], dict[str, Any]]) -> dict[str, Fact]:
