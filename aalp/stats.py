@@ -32,7 +32,7 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
 __all__ = ["accuracy_interval", "adjust_pvalues", "best_method", "class_breakdown", "crossed_bootstrap",
-           "crossed_draws", "intervals", "paired_difference", "rank_correlation", "seed_t_interval", "side", "sign",
+           "crossed_draws", "expected_max", "intervals", "paired_difference", "rank_correlation", "seed_t_interval", "side", "sign",
            "split", "verdict"]
 
 _CHUNK_ELEMENTS = 1 << 21  # bootstrap draws are made in chunks of about this many image weights
@@ -390,3 +390,20 @@ def rank_correlation(x: Any, y: Any, *, level: float = 0.95, n_boot: int = 2000,
     low, high = _percentile(boot, level) if len(boot) else (math.nan, math.nan)
     return {"rho": float(result.statistic), "low": low, "high": high, "n": len(xs), "p": float(result.pvalue),
             "n_boot_used": int(keep.sum())}
+
+
+def expected_max(scores: Sequence[float], budget: int) -> float:
+    r"""The expected best of ``budget`` trials drawn with replacement from the observed ``scores`` (Dodge
+    et al. 2019, "Show Your Work", eq. 1): with :math:`v_{(1)} \le \dots \le v_{(n)}` the sorted scores,
+
+    .. math:: E[\max_k] = \sum_{i=1}^{n} v_{(i)} \left[(i/n)^k - ((i-1)/n)^k\right].
+
+    It answers "what would a search of ``budget`` trials have found?" without the luck of one trial order:
+    a curve of it against ``budget`` that flattens says the space had little more to give."""
+    if not isinstance(budget, numbers.Integral) or isinstance(budget, bool) or budget < 1:
+        raise ValueError(f"budget must be an integer ≥ 1, got {budget!r}")
+    v = np.sort(_array(scores))
+    if v.size == 0 or not np.isfinite(v).all():
+        raise ValueError("expected_max needs one or more finite scores")
+    i = np.arange(1, v.size + 1) / v.size
+    return float(np.sum(v * (i ** budget - (i - 1 / v.size) ** budget)))

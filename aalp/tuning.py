@@ -258,11 +258,41 @@ def record(profile: str, dataset: str, root: str | Path = ROOT, data_dir: str | 
     return out
 
 
+def record_path(profile: str, dataset: str, root: str | Path = ROOT) -> Path:
+    """Where :func:`write_record` keeps ``dataset``'s record: ``results/<profile>/tuning/<dataset>.json``."""
+    return results_dir(profile, Path(root)) / "tuning" / f"{dataset}.json"
+
+
 def write_record(profile: str, dataset: str, root: str | Path = ROOT) -> Path:
-    """:func:`record` written to ``results/<profile>/tuning/<dataset>.json``."""
-    path = results_dir(profile, Path(root)) / "tuning" / f"{dataset}.json"
+    """:func:`record` written to :func:`record_path`."""
+    path = record_path(profile, dataset, root)
     write_json(path, record(profile, dataset, root))
     return path
+
+
+def load_record(profile: str, dataset: str, root: str | Path = ROOT) -> dict[str, Any] | None:
+    """The committed record of ``dataset`` (``None`` before the study has written one); reads only: it
+    neither asks a study for trials nor scores a unit."""
+    import json
+
+    _check(profile, dataset)
+    path = record_path(profile, dataset, root)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def planned_units(record: dict[str, Any]) -> int:
+    """Units the study of a record's dataset trains in all: the noise floor's, every arm's trials and, for
+    each arm, :data:`CONFIRM` configurations at each of :data:`CONFIRM_OFFSETS`."""
+    noise = sum(len(v) for v in record["noise_floor"]["per_seed"].values())
+    return noise + sum(a["trials"] + min(CONFIRM, a["trials"]) * len(CONFIRM_OFFSETS) for a in record["arms"])
+
+
+def finished_units(record: dict[str, Any]) -> int:
+    """Units of :func:`planned_units` already scored on validation."""
+    noise = sum(v is not None for values in record["noise_floor"]["per_seed"].values() for v in values)
+    trials = sum(t["score"] is not None for ts in record["trials"].values() for t in ts)
+    confirmed = sum(s is not None for c in record["confirmed"] or () for s in c["scores"][1:])
+    return noise + trials + confirmed
 
 
 def tell(profile: str, dataset: str, root: str | Path = ROOT) -> None:

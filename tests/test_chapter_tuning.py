@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from aalp.chapters.study import TuningStudy
 from aalp.chapters.tuning import Tuning, lam_position, modules, plot_lam, reconstruction
 from aalp.search import LAM
 from aalp.methods import AALP
@@ -21,7 +22,8 @@ def _tuning() -> Tuning:
               _trial(2, "complete", {"2": 0.45, "4": 0.58}, 2.0), _trial(3, "pruned", {"2": 0.30}, 3.0)]
     record = {"trials": trials, "rungs": [2, 4], "best": {"number": 0, "value": 0.60,
                                                          "overrides": ["seed=100", "method.lam=0.5123"]}}
-    return Tuning(["mnist"], {"mnist": {"alp": record}}, {"mnist": {"alp": {"lam": 0.5}}}, {})
+    return Tuning(["mnist"], {"mnist": {"alp": record}}, {"mnist": {"alp": {"lam": 0.5}}}, {},
+                  TuningStudy("cpu", {"mnist": None}, {}))
 
 
 def test_early_rung_that_ranks_the_complete_trials_perfectly_has_rho_one() -> None:

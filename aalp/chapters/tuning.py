@@ -26,6 +26,8 @@ from ..methods import AALP
 from ..parameters import resolve
 from ..publish import Fact, Phrase
 from ..search import LAM, TPE_STARTUP
+from . import study as study_chapter
+from .study import TuningStudy
 from ..selection import best_so_far, load_record
 
 
@@ -37,6 +39,7 @@ class Tuning:
     records: dict[str, dict[str, dict[str, Any]]]  # dataset → method → search record
     defaults: dict[str, dict[str, dict[str, Any]]]  # dataset → method → the profile's method parameters
     facts: dict[str, Fact]
+    study: TuningStudy  # the tuning study that replaces these searches (:mod:`aalp.chapters.study`)
 
     def trials(self) -> pd.DataFrame:
         """One row per trial: its state, epochs trained, last validation score and its parameters."""
@@ -229,7 +232,8 @@ def compute(study: Study, datasets: list[str] | None = None) -> Tuning:
                 facts[f"{key}_modules"] = Phrase(modules(selected[d]) if best else "no complete trial")
     facts["tune_reconstruction"] = Phrase(reconstruction(selected, study.unit(datasets[0], "aalp").config.train.method)
                                           if selected else "no search has a complete AALP trial")
-    return Tuning(datasets, records, defaults, facts)
+    tuning_study = study_chapter.compute(study, datasets)
+    return Tuning(datasets, records, defaults, {**facts, **tuning_study.facts}, tuning_study)
 
 
 def plot_best_so_far(result: Tuning) -> Any:
