@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import ConfigError, experiments
 from .methods import METHODS
-from .selection import best_overrides
+from .selection import best_overrides, study_choice
 
 __all__ = ["ARMS", "COMPARED", "LABELS", "ORDER", "PAIRS", "SEARCH_METHODS", "TUNED", "check_arm", "is_tuned",
            "method_of", "overrides", "search_overrides", "seeds", "seeds_of"]
@@ -87,10 +87,13 @@ def search_overrides(profile: str) -> list[str]:
 
 def overrides(profile: str, dataset: str, arm: str, root: str | Path | None = None) -> list[str]:
     """The overrides of ``arm`` on ``dataset``: none for a method at its settings; for a tuned arm, the
-    selected configuration of the committed search (:class:`ConfigError` if there is none yet) without its
+    tuning study's confirmed choice once its record has one (:func:`aalp.selection.study_choice`), else the
+    selected configuration of the committed search (:class:`ConfigError` if there is none yet), without a
     training seed."""
     if not is_tuned(arm):
         return []
-    selected = best_overrides(profile, dataset, method_of(arm), root)
+    selected = study_choice(profile, dataset, method_of(arm), root)
+    if selected is None:
+        selected = best_overrides(profile, dataset, method_of(arm), root)
     return [o for o in selected if o.partition("=")[0].strip() != "seed"]
 

@@ -1,8 +1,11 @@
-"""What the committed searches selected: reading a search's record (:mod:`aalp.search` writes it).
+"""What the committed searches selected: reading a search's record (:mod:`aalp.search` writes it) and
+the tuning study's (:mod:`aalp.tuning` writes it).
 
-A record is ``results/<profile>/search/<dataset>-<method>.json``; :func:`best_overrides` is the selected
-configuration of a tuned arm (:mod:`aalp.arms`), :func:`best_so_far` the curve the book plots, and
-:func:`finished` whether running the search again would train anything.
+A search record is ``results/<profile>/search/<dataset>-<method>.json``; :func:`best_overrides` is its
+selected configuration, :func:`best_so_far` the curve the book plots, and :func:`finished` whether running
+the search again would train anything. A study record is ``results/<profile>/tuning/<dataset>.json``
+(:func:`study_record`); :func:`study_choice` is a method's confirmed choice once the study has one. A tuned
+arm (:mod:`aalp.arms`) is the study's choice where there is one, else its search's selection.
 """
 
 from __future__ import annotations
@@ -71,3 +74,22 @@ def best_so_far(record: dict[str, Any]) -> list[dict[str, Any]]:
             best = t["value"]
         curve.append({"trial": i, "epochs": t["epochs_spent"], "best": best})
     return curve
+
+
+def study_record_path(profile: str, dataset: str, root: str | Path | None = None) -> Path:
+    """``<root>/results/<profile>/tuning/<dataset>.json`` (root: the repository)."""
+    return results_dir(profile, Path(root if root is not None else ROOT)) / "tuning" / f"{dataset}.json"
+
+
+def study_record(profile: str, dataset: str, root: str | Path | None = None) -> dict[str, Any] | None:
+    """The tuning study's committed record of ``dataset`` (``None`` before the study has written one)."""
+    path = study_record_path(profile, dataset, root)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def study_choice(profile: str, dataset: str, method: str, root: str | Path | None = None) -> list[str] | None:
+    """The overrides the tuning study chose for ``method`` on ``dataset`` after confirming on seeds
+    (``None`` while the study has no choice: not started, or its confirmations not all scored)."""
+    record = study_record(profile, dataset, root)
+    choice = (record or {}).get("choice") or {}
+    return list(choice[method]["overrides"]) if method in choice else None

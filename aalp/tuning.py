@@ -41,6 +41,7 @@ from .config import ConfigError, experiments
 from .data import DATASETS
 from .runs import ROOT, results_dir
 from .search import validation_score_of
+from .selection import study_record, study_record_path
 from .unit import Unit
 
 if TYPE_CHECKING:
@@ -258,26 +259,18 @@ def record(profile: str, dataset: str, root: str | Path = ROOT, data_dir: str | 
     return out
 
 
-def record_path(profile: str, dataset: str, root: str | Path = ROOT) -> Path:
-    """Where :func:`write_record` keeps ``dataset``'s record: ``results/<profile>/tuning/<dataset>.json``."""
-    return results_dir(profile, Path(root)) / "tuning" / f"{dataset}.json"
-
-
 def write_record(profile: str, dataset: str, root: str | Path = ROOT) -> Path:
-    """:func:`record` written to :func:`record_path`."""
-    path = record_path(profile, dataset, root)
+    """:func:`record` written to :func:`aalp.selection.study_record_path`."""
+    path = study_record_path(profile, dataset, root)
     write_json(path, record(profile, dataset, root))
     return path
 
 
 def load_record(profile: str, dataset: str, root: str | Path = ROOT) -> dict[str, Any] | None:
-    """The committed record of ``dataset`` (``None`` before the study has written one); reads only: it
-    neither asks a study for trials nor scores a unit."""
-    import json
-
+    """The committed record of ``dataset`` (:func:`aalp.selection.study_record`, after checking the names):
+    reads only, it neither asks a study for trials nor scores a unit."""
     _check(profile, dataset)
-    path = record_path(profile, dataset, root)
-    return json.loads(path.read_text()) if path.exists() else None
+    return study_record(profile, dataset, root)
 
 
 def planned_units(record: dict[str, Any]) -> int:

@@ -16,6 +16,7 @@ from aalp.experiments import Study
 from aalp.grid import main_grid
 from aalp.methods import METHODS
 from aalp.parameters import check_parameters
+from aalp.selection import study_record_path
 from aalp.unit import Unit
 
 SELECTED = ["seed=100", "method.lam=1.7", "method.weighting=p_wrong"]
@@ -68,6 +69,20 @@ def test_tuned_arm_is_the_selection_without_the_search_seed(tmp_path: Path) -> N
     assert more.train.method.lam == 2.0 and more.train.method.weighting == "p_wrong"  # the unit's own overrides last
     assert Unit("cpu", "mnist", "alp").config.train.seed == profile("cpu", "mnist", "alp").train.seed  # seed None
     assert cfg.train.seed == 3 and cfg.train.method.lam == 1.7 and cfg.train.method.weighting == "p_wrong"
+
+
+def test_tuned_arm_is_the_tuning_studys_choice_once_it_has_one(tmp_path: Path) -> None:
+    _record(tmp_path, "cpu", "fashion-mnist", "aalp", budget=60)
+    path = study_record_path("cpu", "fashion-mnist", tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"choice": None}))  # the study running: still the search's selection
+    assert arms.overrides("cpu", "fashion-mnist", "aalp-tuned", tmp_path) == SELECTED[1:]
+    chosen = ["method.weighting=mart", "method.lam=0.8", "method.weight_beta=2.5"]
+    path.write_text(json.dumps({"choice": {"aalp": {"overrides": chosen}, "alp": {"overrides": ["method.lam=1.25"]}}}))
+    assert arms.overrides("cpu", "fashion-mnist", "aalp-tuned", tmp_path) == chosen
+    assert arms.overrides("cpu", "fashion-mnist", "alp-tuned", tmp_path) == ["method.lam=1.25"]
+    cfg = Unit("cpu", "fashion-mnist", "aalp-tuned", 3, root=tmp_path).config
+    assert cfg.train.method.weighting == "mart" and cfg.train.method.weight_beta == 2.5 and cfg.train.seed == 3
 
 
 def test_every_profile_keeps_search_runs_out_of_the_reported_seeds() -> None:

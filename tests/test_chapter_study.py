@@ -9,6 +9,7 @@ import pytest
 
 from aalp import stats, tuning
 from aalp.chapters import study as chapter
+from aalp.selection import study_record_path
 
 
 def _record(scored: int, choice: dict | None = None) -> dict:
@@ -29,7 +30,9 @@ def test_progress_counts_every_planned_unit() -> None:
     assert tuning.finished_units(r) == 6 + 2 * len(tuning.ARMS)
     facts = chapter._facts({"mnist": r, "fashion-mnist": None})
     assert str(facts["study_status"]) == (f"MNIST: in progress, {6 + 2 * len(tuning.ARMS)} of {planned} units "
-                                          "scored; Fashion-MNIST: not started")
+                                          "scored (the main table's tuned arms are still the earlier search's); "
+                                          "Fashion-MNIST: not started (the main table's tuned arms are the earlier "
+                                          "search's)")
     assert "open until" in str(facts["study_answer"])
     assert "1.0 points" in str(facts["study_noise"])
 
@@ -54,7 +57,7 @@ def test_expected_best_rises_to_the_best_trial_and_pools_arms() -> None:
 
 def test_reading_the_record_writes_nothing(tmp_path: Path) -> None:
     assert tuning.load_record("cpu", "mnist", tmp_path) is None
-    path = tuning.record_path("cpu", "mnist", tmp_path)
+    path = study_record_path("cpu", "mnist", tmp_path)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(_record(1)))
     before = sorted(p.name for p in path.parent.iterdir())

@@ -86,10 +86,12 @@ def _facts(records: dict[str, dict[str, Any] | None]) -> dict[str, Fact]:
     status, noise, answers = [], [], []
     for d, r in records.items():
         if r is None:
-            status.append(f"{title(d)}: not started")
+            status.append(f"{title(d)}: not started (the main table's tuned arms are the earlier search's)")
             continue
         done, total = tuning.finished_units(r), tuning.planned_units(r)
-        status.append(f"{title(d)}: {'complete' if r['choice'] else 'in progress'}, {done} of {total} units scored")
+        status.append(f"{title(d)}: complete, {done} of {total} units scored (the main table's tuned arms are its "
+                      "choice)" if r["choice"] else f"{title(d)}: in progress, {done} of {total} units scored (the main "
+                      "table's tuned arms are still the earlier search's)")
         nf = r["noise_floor"]
         if nf["sd"] is not None:
             means = ", ".join(f"{LABELS[a]} {100 * np.mean(v):.1f} %" for a, v in nf["per_seed"].items())
