@@ -190,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate-model", help="evaluate your own model (safetensors weights) with the book's protocol",
         description="Evaluate a model of a registered architecture whose weights you trained elsewhere "
                     "with exactly the protocol of a profile: its evaluation (AutoAttack included), the "
-                    "gradient-masking audit and the final worst case (aalp/protocol.py). Prints one summary "
-                    "line; --out writes the whole result as JSON.")
+                    "gradient-masking audit and the final worst case (aalp/protocol.py). Prints progress "
+                    "lines to stderr and one summary line; --out writes the whole result as JSON, and the "
+                    "result so far (\"complete\": false) after each attack.")
     own.add_argument("--dataset", required=True, help=", ".join(DATASETS))
     own.add_argument("--arch", required=True, help="a registered architecture (see 'models' below)")
     own.add_argument("--weights", required=True, help="a .safetensors file: a state_dict, or a run checkpoint")
@@ -203,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     own.add_argument("--n", type=int, default=None, metavar="N",
                      help="a quick look: the first N test images only (not comparable with the book's numbers)")
     own.add_argument("--data-dir", default="data", help="datasets (default: data/; python -m aalp data fetch)")
-    own.add_argument("--out", default=None, help="write the result as JSON here")
+    own.add_argument("--out", default=None, help="write the result as JSON here (the result so far after "
+                                                 "each attack, \"complete\": false, until it is done)")
+    own.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     own.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
     run = commands.add_parser("run", help="train and evaluate several methods / seeds, print a table",
                               description="Train (or reuse) and evaluate each method × seed, then print "
@@ -270,6 +273,7 @@ def _grid(args: argparse.Namespace) -> int:
 
 
 def _evaluate_model(args: argparse.Namespace) -> int:
+    from .progress import printer
     from .protocol import AUDITS, evaluate_model, load_model
 
     _check_device(args.device)
@@ -282,10 +286,12 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     device = None if args.device == "auto" else args.device
     if device is None and torch.cuda.is_available():
         device = "cuda"
+    out = None if args.out is None else Path(args.out)
     result = evaluate_model(model, args.dataset, profile=args.profile, audit=args.audit, device=device,
-                            data_root=args.data_dir, n=args.n)
-    if args.out is not None:
-        write_json(Path(args.out), result)
+                            data_root=args.data_dir, n=args.n, progress=None if args.quiet else printer(),
+                            partial=None if out is None else lambda so_far: write_json(out, so_far))
+    if out is not None:
+        write_json(out, result)
     print(result["summary"])
     return 0
 

@@ -15,6 +15,7 @@ PGD-AT / TRADES / MART, the signature of masked gradients (Mosbach et al. 2018; 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from .attacks import eval_mode, fgsm
 from .checkpoint import CheckpointError
 from .config import EvalConfig, to_dict
 from .data import ArrayDataset, load_dataset, stratified_order
+from .progress import Progress, Step
 from .runs import cached_json, encode_bits, eval_path, load_run, read_history
 
 AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -61,12 +63,15 @@ def below_clean_loss(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, batc
 
 def robust_flags(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[[Tensor, Tensor], Tensor], *,
                  eps: float, batch_size: int = 500, correct: Tensor | None = None,
-                 name: str = "attack", observe: Callable[[Tensor, Tensor], None] | None = None) -> Tensor:
+                 name: str = "attack", observe: Callable[[Tensor, Tensor], None] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> Tensor:
     """Per image: True where the clean image is classified correctly and ``attack`` fails on it.
 
     The attack only sees the correctly classified images (``correct``, computed if not given), in batches,
     with the model in eval mode; its examples must stay in the ε-ball and in [0, 1]. ``observe(index,
-    x_adv)``, if given, sees each batch's examples (``index`` into ``x``), e.g. to measure them further.
+    x_adv)``, if given, sees each batch's examples (``index`` into ``x``), e.g. to measure them further;
+    ``progress(done, robust)`` after each batch: ``robust`` of the first ``done`` images (all of them after
+    the last batch) resisted the attack.
     """
     with eval_mode(model):
         if correct is None:
@@ -81,6 +86,9 @@ def robust_flags(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[[Tenso
             robust[index] = predict(model, x_adv, batch_size) == y[index]
             if observe is not None:
                 observe(index, x_adv)
+            if progress is not None:
+                done = len(x) if i + batch_size >= len(todo) else index[-1].item() + 1
+                progress(done, robust[:done].sum().item())
     return robust
 
 
@@ -93,12 +101,41 @@ class _CollectWarnings(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+class _Steps(logging.Handler):
+    """AutoAttack's own debug records on ``n`` images turned into :class:`~aalp.progress.Step` s, one per
+    batch of each sub-attack: it attacks the images still robust, the others are done already."""
+
+    INITIAL = re.compile(r"initial accuracy: ([\d.]+)%")
+    RUNNING = re.compile(r"running (\S+)$")
+    BATCH = re.compile(r"(\S+) - \d+/\d+ - (\d+) out of (\d+) successfully perturbed")
+
+    def __init__(self, stage: str, n: int, progress: Progress) -> None:
+        super().__init__(logging.DEBUG)
+        self.stage, self.n, self.progress = stage, n, progress
+        self.robust = self.attacked = self.broken = 0  # robust before the sub-attack; its running counts
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if initial := self.INITIAL.fullmatch(message):
+            self.robust = round(float(initial[1]) * self.n / 100)
+        elif self.RUNNING.fullmatch(message):
+            self.robust -= self.broken
+            self.attacked = self.broken = 0
+        elif batch := self.BATCH.fullmatch(message):
+            self.broken += int(batch[2])
+            self.attacked += int(batch[3])
+            self.progress(Step(f"{self.stage}/{batch[1]}", self.n - self.robust + self.attacked, self.n,
+                               self.attacked - self.broken))
+
+
 def autoattack(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, version: str, seed: int,
-               batch_size: int) -> tuple[Tensor, list[str]]:
+               batch_size: int, progress: Progress | None = None) -> tuple[Tensor, list[str]]:
     """AutoAttack (Croce & Hein 2020, pyautoattack) adversarial examples and the warnings of its checks.
 
     ``version="standard"``: APGD-CE, APGD-T (9 targets), FAB-T, Square (5000 queries);
-    ``"apgd"``: APGD-CE + APGD-T with the same settings as in ``standard``.
+    ``"apgd"``: APGD-CE + APGD-T with the same settings as in ``standard``. ``progress`` gets a
+    :class:`~aalp.progress.Step` after each batch of each sub-attack, read off AutoAttack's own log; the
+    images are never split into other batches than AutoAttack's (its random starts depend on them).
     """
     from pyautoattack import AutoAttack
 
@@ -113,18 +150,32 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, version: s
         aa.apgd_targeted.n_restarts = 1
         aa.apgd_targeted.n_target_classes = num_classes - 1
     handler = _CollectWarnings()
-    aa.logger.addHandler(handler)
+    handlers: list[logging.Handler] = [handler]
+    if progress is not None:
+        handlers.append(_Steps(f"autoattack-{version}", len(x), progress))
+    level = aa.logger.level
+    for h in handlers:
+        aa.logger.addHandler(h)
+    if progress is not None:
+        aa.logger.setLevel(logging.DEBUG)  # AutoAttack logs its per-batch lines at debug level
     try:
         with faults.on_forward(model, "autoattack"):
             x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
     finally:
-        aa.logger.removeHandler(handler)
+        aa.logger.setLevel(level)
+        for h in handlers:
+            aa.logger.removeHandler(h)
     return x_adv.detach(), handler.messages
 
 
 def robustness(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
+               log: Callable[[str], None] = print, progress: Progress | None = None,
+               partial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Evaluate ``model`` on ``(x, y)`` under every attack of ``cfg``; see the module docstring.
+
+    ``progress`` gets a :class:`~aalp.progress.Step` after each batch of each attack (and of each AutoAttack
+    sub-attack); ``partial`` the results so far (the attacks finished, no ``worst_case`` yet) after each
+    attack. Neither changes a number.
 
     Returns a JSON-ready dict: per attack its accuracy, the number of images, seconds and a per-sample
     robustness bit string (the PGD attack also ``adv_easier``, see the module docstring); ``worst_case``
@@ -143,7 +194,7 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig,
     if cfg.autoattack_n:
         def run_aa(m: nn.Module, a: Tensor, b: Tensor) -> Tensor:
             x_adv, messages = autoattack(m, a, b, eps=cfg.eps, version=cfg.autoattack_version,
-                                         seed=cfg.seed, batch_size=cfg.batch_size)
+                                         seed=cfg.seed, batch_size=cfg.batch_size, progress=progress)
             warnings.extend(messages)
             return x_adv
         attacks.append((f"autoattack-{cfg.autoattack_version}", min(cfg.autoattack_n, len(x)), run_aa))
@@ -155,6 +206,10 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig,
         flags = {"clean": clean}
         results["attacks"]["clean"] = {"accuracy": clean.float().mean().item(), "n": len(x),
                                        "seconds": time.perf_counter() - started, "robust": encode_bits(clean)}
+        if progress is not None:
+            progress(Step("clean", len(x), len(x), clean.sum().item()))
+        if partial is not None:
+            partial(results)
         for name, n, attack in attacks:
             started = time.perf_counter()
             easier = torch.zeros_like(clean[:n])
@@ -164,7 +219,9 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig,
 
             robust = robust_flags(model, x[:n], y[:n], lambda a, b, attack=attack: attack(model, a, b),
                                   eps=cfg.eps, batch_size=cfg.batch_size, correct=clean[:n], name=name,
-                                  observe=observe if name == pgd_name else None)
+                                  observe=observe if name == pgd_name else None,
+                                  progress=None if progress is None else
+                                  lambda done, kept, name=name, n=n: progress(Step(name, done, n, kept)))
             flags[name] = robust
             results["attacks"][name] = {"accuracy": robust.float().mean().item(), "n": n,
                                         "seconds": time.perf_counter() - started, "robust": encode_bits(robust)}
@@ -172,6 +229,8 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig,
                 results["attacks"][name]["adv_easier"] = easier.sum().item() / max(1, clean[:n].sum().item())
             log(f"  {name:>22}: {robust.float().mean().item():.2%} of {n} "
                 f"({time.perf_counter() - started:.1f}s)")
+            if partial is not None:
+                partial(results)
             faults.reach("eval-attack")
     n_common = min(len(f) for f in flags.values())
     worst = torch.stack([f[:n_common] for f in flags.values()]).all(0)

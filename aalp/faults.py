@@ -26,8 +26,8 @@ POINTS: dict[str, str] = {
     "checkpoint-tmp": "checkpoint.save_checkpoint: the checkpoint's temporary file is written and fsynced, "
                       "not yet renamed over checkpoint.safetensors",
     "checkpoint-saved": "train: an epoch's checkpoint is in place, its line in metrics.jsonl not yet written",
-    "eval-attack": "evaluate.robustness: the n-th attack of an evaluation finished, before the results file "
-                   "is written",
+    "eval-attack": "evaluate.robustness: the n-th attack of an evaluation finished (its result so far handed "
+                   "to partial, e.g. evaluate-model --out), before the results file is written",
     "autoattack": "evaluate.autoattack: AutoAttack's n-th forward pass through the model (inside "
                   "pyautoattack)",
     "notebook-cell": "reproduce: the n-th code cell of a notebook execution finished (papermill running)",

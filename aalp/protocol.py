@@ -12,7 +12,10 @@ The protocol of a profile on a dataset has three parts, each the code the book's
    evaluation and none of the audit broke it.
 
 The model takes images in ``[0, 1]`` of the dataset's shape (normalise inside the model) and returns
-logits; it is put in eval mode for the attacks and given back in the mode it came in.
+logits; it is put in eval mode for the attacks and given back in the mode it came in. A long evaluation
+reports its :class:`~aalp.progress.Step` s as it goes and hands over its result so far after each attack
+of the evaluation, marked ``"complete": false``, so that a run stopped half-way still leaves the stages it
+finished.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from .config import ConfigError, experiments
 from .data import DATASETS, DataError
 from .evaluate import autoattack_entry, evaluation_set, robustness
 from .models import MODELS, Classifier, build_model
+from .progress import Progress, Step
 from .runs import ROOT
 from .unit import Unit
 
@@ -108,7 +112,8 @@ def check(model: object, dataset: str, profile: str, audit: str, surrogate: obje
 def evaluate_model(model: nn.Module, dataset: str, *, profile: str = "cpu", audit: str = "cheap",
                    surrogate: nn.Module | None = None, data_root: str | Path = ROOT / "data",
                    device: str | None = None, log: Callable[[str], None] = print,
-                   n: int | None = None) -> dict[str, Any]:
+                   n: int | None = None, progress: Progress | None = None,
+                   partial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Evaluate ``model`` on ``dataset`` with the protocol of ``profile`` (see the module docstring).
 
     ``n``: a quick look on the first ``n`` test images only (AutoAttack and the audit on at most as many);
@@ -118,12 +123,18 @@ def evaluate_model(model: nn.Module, dataset: str, *, profile: str = "cpu", audi
         audit: ``"cheap"`` (every model of the book), ``"full"`` (restarts, Square, transfer from
             ``surrogate`` if given), or ``"none"`` (the evaluation only).
         device: where to run (default: the model's device).
+        progress: gets a :class:`~aalp.progress.Step` after each batch of each attack, and one for the
+            audit (e.g. :func:`aalp.progress.printer`); it changes no number.
+        partial: gets the result so far after each attack of the evaluation: ``complete`` (``False``),
+            ``stages`` (the attacks done), ``protocol`` (profile, dataset, ε, audit, ``quick_look_n``),
+            ``evaluation`` (those attacks) and ``audit`` (``None``); e.g. to write it to a file. The audit
+            is the last stage: the result it completes is the return value.
 
     Returns:
         ``evaluation`` (:func:`aalp.evaluate.robustness`'s result), ``audit`` (:func:`aalp.audit.audit`'s,
         or ``None``), ``final_worst_case`` (accuracy on the audited images, or the evaluation's worst case
-        without an audit), ``masking_signals``, ``protocol`` (profile, dataset, ε, images) and ``summary``
-        (one line).
+        without an audit), ``masking_signals``, ``protocol`` (profile, dataset, ε, images), ``summary``
+        (one line), ``stages`` (every stage) and ``complete`` (``True``).
 
     Raises:
         ConfigError: a bad argument, or a model whose output is not ``(batch, classes)`` logits.
@@ -134,6 +145,14 @@ def evaluate_model(model: nn.Module, dataset: str, *, profile: str = "cpu", audi
         checks.integer("n", n, 1)
         cfg = replace(cfg, n=n if cfg.n is None else min(n, cfg.n), autoattack_n=min(n, cfg.autoattack_n))
     settings = experiments(profile)
+    protocol: dict[str, Any] = {"profile": profile, "dataset": dataset, "eps": cfg.eps, "audit": audit,
+                                "quick_look_n": n}
+
+    def handover(evaluation: dict[str, Any]) -> None:
+        if partial is not None:
+            partial({"complete": False, "stages": list(evaluation["attacks"]), "protocol": protocol,
+                     "evaluation": evaluation, "audit": None})
+
     target = torch.device(device) if device else next(model.parameters(), torch.zeros(0)).device
     try:
         images = evaluation_set(dataset, cfg, data_root)
@@ -153,7 +172,7 @@ def evaluate_model(model: nn.Module, dataset: str, *, profile: str = "cpu", audi
         if out.shape != (2, classes):
             raise ConfigError(f"the model returned shape {tuple(out.shape)} for 2 images of {dataset}; it "
                               f"must return (batch, {classes}) logits for images in [0, 1]")
-        evaluation = robustness(model, x, y, cfg, log=log)
+        evaluation = robustness(model, x, y, cfg, log=log, progress=progress, partial=handover)
         result: dict[str, Any] = {"evaluation": evaluation, "audit": None}
         worst = evaluation["worst_case"]
         final, audited = worst["accuracy"], worst["n"]
@@ -164,6 +183,8 @@ def evaluate_model(model: nn.Module, dataset: str, *, profile: str = "cpu", audi
                                square_queries=settings.audit_square_queries)
             result["audit"] = report
             final = final_worst_case(worst["robust"], report)
+            if progress is not None:
+                progress(Step("audit (final worst case)", audited, audited, round(final * audited)))
     finally:
         model.train(was_training)
     signals = list(result["audit"]["masking_signals"]) if result["audit"] else []
@@ -171,13 +192,13 @@ def evaluate_model(model: nn.Module, dataset: str, *, profile: str = "cpu", audi
     aa = autoattack_entry(evaluation)
     result.update({
         "final_worst_case": final, "masking_signals": signals,
-        "protocol": {"profile": profile, "dataset": dataset, "eps": cfg.eps, "images": evaluation["n"],
-                     "autoattack_images": aa["n"] if aa else 0, "audited_images": audited, "audit": audit,
-                     "quick_look_n": n},
+        "protocol": {**protocol, "images": evaluation["n"], "autoattack_images": aa["n"] if aa else 0,
+                     "audited_images": audited},
         "summary": (f"{dataset}, ε = {cfg.eps:g}, {profile} protocol"
                     + (f" on the first {evaluation['n']} test images only (a quick look, not the book's numbers)"
                        if n is not None else "") + f": clean {evaluation['attacks']['clean']['accuracy']:.1%}"
                     + (f", AutoAttack {aa['accuracy']:.1%} of {aa['n']}" if aa else "")
                     + f", worst case {worst['accuracy']:.1%}, final worst case {final:.1%} of {audited}"
-                    + f"; masking signals: {'; '.join(signals) or 'none'}")})
+                    + f"; masking signals: {'; '.join(signals) or 'none'}"),
+        "stages": list(evaluation["attacks"]) + ["audit"] * (audit != "none"), "complete": True})
     return result

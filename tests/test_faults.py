@@ -242,6 +242,34 @@ def test_kills_during_evaluation_then_rerun(tmp_path: Path, mnist_root: Path, re
         assert killed["attacks"][name]["robust"] == attack["robust"], name
 
 
+@pytest.mark.slow
+def test_evaluate_model_killed_inside_autoattack_leaves_its_earlier_stages(tmp_path: Path, mnist_root: Path,
+                                                                          record_fault) -> None:
+    """``evaluate-model --out`` killed inside AutoAttack: the file holds valid JSON, ``"complete": false``, with
+    every attack before AutoAttack exactly as the uninterrupted run (``--quiet``: no progress lines) ends with
+    them; the killed run's progress lines had reached AutoAttack's stage, not one of its sub-attacks."""
+    from safetensors.torch import save_file
+
+    save_file(mnist_model().state_dict(), str(tmp_path / "w.safetensors"))  # 3 of the 25 AutoAttack images right
+    argv = [sys.executable, "-m", "aalp", "evaluate-model", "--dataset", "mnist", "--arch", "smallcnn",
+            "--weights", str(tmp_path / "w.safetensors"), "--profile", "smoke", "--audit", "none", "--n", "60",
+            "--data-dir", str(mnist_root)]
+    killed = _kill_at("autoattack", 3, [*argv, "--out", str(tmp_path / "killed.json")], record_fault)
+    partial = json.loads((tmp_path / "killed.json").read_text())
+    assert not list(tmp_path.glob(".*.tmp")), "a half-written result was left"
+    stages = ["clean", "fgsm", "pgd10", "cw10"]
+    assert partial["complete"] is False and partial["stages"] == stages == list(partial["evaluation"]["attacks"])
+    assert "cw10: 60/60 images" in killed.stderr and "autoattack-apgd/" not in killed.stderr
+    done = _run([*argv, "--out", str(tmp_path / "whole.json"), "--quiet"])
+    assert "images, robust so far" not in done.stderr
+    whole = json.loads((tmp_path / "whole.json").read_text())
+    assert whole["complete"] is True and whole["stages"] == [*stages, "autoattack-apgd"]
+    for name in stages:
+        drop = {k: v for k, v in whole["evaluation"]["attacks"][name].items() if k != "seconds"}
+        assert {k: v for k, v in partial["evaluation"]["attacks"][name].items() if k != "seconds"} == drop, name
+    assert partial["protocol"].items() <= whole["protocol"].items()
+
+
 def test_every_fault_point_is_killed_at_by_this_suite() -> None:
     source = Path(__file__).read_text()
     here = source + (ROOT / "tests" / "test_reproduce.py").read_text()

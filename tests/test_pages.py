@@ -3,6 +3,7 @@ runs, and the entry points they show reject bad input with one line, before any 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -63,7 +64,11 @@ def test_the_command_line_example_runs(tmp_path: Path, mnist_root: Path) -> None
     save_file(_smallcnn().state_dict(), str(tmp_path / "mine.safetensors"))
     done = _run(command, tmp_path, "bash", "-c")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "smoke protocol on the first 200 test images only" in done.stdout and (tmp_path / "mine.json").is_file()
+    assert "smoke protocol on the first 200 test images only" in done.stdout
+    assert "clean: 200/200 images, robust so far" in done.stderr and "autoattack-apgd/apgd-ce: " in done.stderr
+    written = json.loads((tmp_path / "mine.json").read_text())
+    assert written["complete"] is True and written["stages"][-1] == "audit"
+    assert written["summary"] in done.stdout
 
 
 @pytest.mark.faults
@@ -152,7 +157,8 @@ def test_evaluate_model_refuses_bad_input_in_one_line(kwargs: dict, match: str, 
     (["--arch", "smallcnn", "--weights", "w.safetensors", "--out", "nodir/r.json"], "directory does not exist"),
     (["--arch", "smallcnn", "--weights", "junk.safetensors"], "not a readable safetensors file"),
     (["--arch", "smallcnn", "--weights", "w.safetensors", "--n", "0"], "n must be an integer ≥ 1"),
-    (["--arch", "smallcnn", "--weights", "w.safetensors", "--normalize", "zscore"], "normalize must be one of")])
+    (["--arch", "smallcnn", "--weights", "w.safetensors", "--normalize", "zscore"], "normalize must be one of"),
+    (["--arch", "smallcnn", "--weights", "w.safetensors", "--quiet", "yes"], "unrecognized arguments: yes")])
 def test_evaluate_model_cli_refuses_bad_input(argv: list[str], needle: str, tmp_path: Path, record_fault,
                                               capsys: pytest.CaptureFixture) -> None:
     from aalp import cli
@@ -164,9 +170,12 @@ def test_evaluate_model_cli_refuses_bad_input(argv: list[str], needle: str, tmp_
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        assert cli.main(["evaluate-model", "--dataset", "mnist", *argv]) == 2
+        code = cli.main(["evaluate-model", "--dataset", "mnist", *argv])
+    except SystemExit as refused:  # argparse's own refusals (a flag given a value)
+        code = refused.code
     finally:
         os.chdir(cwd)
+    assert code == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and err.count("\n") == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
