@@ -44,7 +44,7 @@ pdf: data  ## book.pdf via the single-page build and headless Chromium (apt-get 
 	  --virtual-time-budget=10000 --print-to-pdf=$(CURDIR)/book.pdf file://$(CURDIR)/book/_build/singlehtml/intro.html
 	AALP_PDF_BUILT=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_pdf.py
 
-screenshots:  ## the book's first screen, desktop and phone, in headless Chromium -> book/screenshots/ (after make run)
+screenshots:  ## full pages of the book, desktop and phone, in headless Chromium -> book/screenshots/ (after make run)
 	$(PY) .ci/screenshots.py
 
 bench: data  ## training / evaluation throughput vs a reference loop and the FLOP floor (~30 min on 2 cores)

@@ -183,3 +183,69 @@ def test_glued_values_render_as_text_not_code(name: str) -> None:
 def test_the_zoo_page_lists_models() -> None:
     text = page("notebooks/08_model_zoo")
     assert "<table" in text and "sha256" in text and "load_model" in text
+
+
+# ----------------------------------------------------------------------------------------------------
+# A phone's width: wide content scrolls inside its own box (book/_static/aalp.css)
+# ----------------------------------------------------------------------------------------------------
+
+CSS = BOOK / "_static" / "aalp.css"
+SCROLLS = re.compile(r"overflow(?:-x)?\s*:\s*(?:auto|scroll)\b")
+
+
+def _css_rules(css: str, media: str = "") -> list[tuple[str, str, str]]:
+    """The rules of a stylesheet as (media query, selector, declarations); "" outside any @media."""
+    css = re.sub(r"/\*.*?\*/", "", css, flags=re.S)
+    rules, i = [], 0
+    while (brace := css.find("{", i)) != -1:
+        head = css[i:brace].strip()
+        depth, end = 1, brace + 1
+        while depth:
+            depth += {"{": 1, "}": -1}.get(css[end], 0)
+            end += 1
+        body = css[brace + 1:end - 1]
+        if head.startswith("@media"):
+            rules += _css_rules(body, head.removeprefix("@media").strip())
+        else:
+            rules += [(media, s.strip(), body) for s in head.split(",")]
+        i = end
+    return rules
+
+
+def _scrolling_selectors() -> list[str]:
+    """The selectors that scroll their overflow at every width (outside any @media)."""
+    return [s for media, s, body in _css_rules(CSS.read_text()) if not media and SCROLLS.search(body)]
+
+
+def test_display_math_scrolls_where_the_theme_clips_it() -> None:
+    """The theme's display math is a flex row with overflow hidden, which cuts a long equation's end off;
+    ours is a block that scrolls, and so is the mjx-container MathJax renders into it in the browser."""
+    rules = _css_rules(CSS.read_text())
+    math = [body for media, s, body in rules if not media and s.endswith("div.math")]
+    assert math and any("display: block" in b for b in math) and any(SCROLLS.search(b) for b in math)
+    assert any("mjx-container" in s and SCROLLS.search(body) for media, s, body in rules if not media)
+
+
+def test_figures_are_page_wide_on_a_phone() -> None:
+    """A figure's text is sized for the page's width (aalp.figures.WIDTH): on a phone no figure is
+    scaled below it (the intro's figure asks for 80 % on a desktop)."""
+    phone = [(s, body) for media, s, body in _css_rules(CSS.read_text()) if "max-width" in media]
+    assert any(s.endswith("figure img") and re.search(r"width:\s*100%\s*!important", body) for s, body in phone)
+
+
+@pytest.mark.parametrize("name", TEXT_PAGES + [f"notebooks/{n}" for n in NOTEBOOKS])
+def test_wide_content_scrolls_in_its_own_box(name: str) -> None:
+    """Every display equation, table and code block is, or is inside, an element an aalp.css rule makes
+    scroll sideways: on a phone it scrolls instead of losing columns or terms."""
+    from bs4 import BeautifulSoup
+
+    text = page(name)
+    assert "_static/aalp.css" in text, f"{name} does not load aalp.css"
+    soup = BeautifulSoup(text, "html.parser")
+    scrolling = {id(e) for selector in _scrolling_selectors() for e in soup.select(selector)}
+    wide = soup.select("div.math, table, pre")
+    for element in wide:
+        assert any(id(e) in scrolling for e in (element, *element.parents)), \
+            f"{name}: a <{element.name} class={element.get('class')}> with no scrolling box"
+    if name == "method":
+        assert len(soup.select("div.math")) >= 3, "the method page's display equations are gone"

@@ -25,7 +25,7 @@ from .. import stats
 from ..contributions import concentration, model_contributions
 from ..data import title
 from ..experiments import Run, Study
-from ..figures import forest, palette
+from ..figures import forest, legend_below, palette, panels
 from ..unit import Unit
 from ..parameters import resolve
 from ..publish import Fact, Phrase
@@ -301,7 +301,8 @@ def plot_concentration(result: Ablation) -> Any:
     labels = [v.label for v in result.variants]
     colours = palette(labels)
     colours.update({REFERENCE: palette()["alp"], "AALP": palette()["aalp"]})
-    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    fig, axes = panels(1, 4.2)
+    ax = axes[0][0]
     sns.scatterplot(data=result.measure, x=PRIMARY, y="worst_case", hue="variant", style="variant",
                     hue_order=labels, style_order=labels, palette={label: colours[label] for label in labels},
                     s=70, ax=ax)
@@ -310,7 +311,6 @@ def plot_concentration(result: Ablation) -> Any:
            if not math.isnan(c["rho"]) else "Spearman ρ undefined")
     ax.set(xlabel="mean Gini of the positive penultimate contributions", ylabel="worst-case accuracy", title=rho)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
-    fig.tight_layout()
+    legend_below(fig)
     plt.close(fig)
     return fig

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..experiments import Run, Study
-from ..figures import LABELS, order, palette
+from ..figures import LABELS, legend_below, order, palette, panels
 from ..parameters import resolve
 from ..publish import Fact, Phrase
 
@@ -180,19 +180,19 @@ def plot_epoch_seconds(result: Cost) -> Any:
     import matplotlib.pyplot as plt
 
     groups = list(result.frame.dropna(subset=["threads"]).groupby(list(GROUP), sort=False))
-    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(4.2 * max(len(groups), 1), 3.4), squeeze=False)
+    fig, axes = panels(max(len(groups), 1), 0.9 + 0.3 * len(result.methods), sharex=True)
     colours = palette()
-    for ax, ((d, device, threads), part) in zip(axes[0], groups):
+    for ax, ((d, device, threads), part) in zip(axes[:, 0], groups):
         means = part.groupby("method")["seconds_per_epoch"]
         present = [m for m in result.methods if m in means.groups]
         spread = means.std()  # nan for one seed: no bar drawn
-        ax.bar(range(len(present)), [means.mean()[m] for m in present],
-               yerr=None if spread.isna().all() else [np.nan_to_num(spread[m]) for m in present], capsize=3,
-               color=[colours[m] for m in present])
-        ax.set_xticks(range(len(present)), [LABELS.get(m, m) for m in present], rotation=30)
-        ax.set(title=f"{d}, {device}, {int(threads)} thread{'s' if threads != 1 else ''}",
-               ylabel="seconds per training epoch")
-    fig.tight_layout()
+        ax.barh(range(len(present)), [means.mean()[m] for m in present],
+                xerr=None if spread.isna().all() else [np.nan_to_num(spread[m]) for m in present], capsize=3,
+                color=[colours[m] for m in present])
+        ax.set_yticks(range(len(present)), [LABELS.get(m, m) for m in present])
+        ax.invert_yaxis()
+        ax.set(title=f"{d}, {device}, {int(threads)} thread{'s' if threads != 1 else ''}")
+    axes[-1][0].set_xlabel("seconds per training epoch")
     plt.close(fig)
     return fig
 
@@ -202,7 +202,8 @@ def plot_curve(result: Cost) -> Any:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import PercentFormatter
 
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig, axes = panels(1, 3.8)
+    ax = axes[0][0]
     colours = palette()
     for m in result.methods:
         one = result.curve[result.curve["method"] == m]
@@ -211,12 +212,11 @@ def plot_curve(result: Cost) -> Any:
     f = result.facts
     ax.set(xlabel="training minutes", ylabel="validation PGD accuracy",
            title=f"{f['cost_curve_dataset']}, seed {f['cost_curve_seed']}: PGD-{f['cost_val_steps']} at "
-                 f"ε = {f['cost_val_eps']:.3g} on {f['cost_monitor_size']} of {f['cost_val_size']} validation images\n"
+                 f"ε = {f['cost_val_eps']:.3g}\non {f['cost_monitor_size']} of {f['cost_val_size']} validation images "
                  "(held out of the training split)")
-    ax.title.set_fontsize(10)
+    ax.title.set_fontsize(11)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    legend_below(fig, ncol=3)
     plt.close(fig)
     return fig
 
@@ -230,9 +230,8 @@ def plot_training_attack(result: Cost) -> Any:
     from matplotlib.ticker import PercentFormatter
 
     colours = palette()
-    fig, axes = plt.subplots(1, len(result.datasets), figsize=(5.4 * len(result.datasets), 3.6), squeeze=False,
-                             sharey=True)
-    for ax, d in zip(axes[0], result.datasets):
+    fig, axes = panels(len(result.datasets), 3.2, sharex=True)
+    for ax, d in zip(axes[:, 0], result.datasets):
         for m in result.methods:
             history = result.runs[d][m][0].history
             if not history or "correct_adv" not in history[0]:
@@ -242,10 +241,9 @@ def plot_training_attack(result: Cost) -> Any:
                     label=LABELS.get(m, m))
             if any(h.get("adv_easier") for h in history):
                 ax.plot(epochs, [h.get("adv_easier", 0.0) for h in history], ls=":", color=colours[m])
-        ax.set(title=f"{d}, seed {result.seeds[0]}", xlabel="epoch",
-               ylabel="training attack success (dotted: ends below the clean loss)")
+        ax.set(title=f"{d}, seed {result.seeds[0]}", ylabel="training attack success")
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    axes[-1][0].set_xlabel("epoch (dotted: fraction ending below the clean loss)")
+    legend_below(fig, ncol=3)
     plt.close(fig)
     return fig

@@ -11,6 +11,7 @@ Holm-adjusted (:func:`aalp.stats.class_breakdown`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from .. import arms, stats
 from ..data import DATASETS, title
 from ..experiments import Run, Study
 from ..grid import main_grid
-from ..figures import LABELS, forest, order, palette
+from ..figures import LABELS, forest, legend_below, order, palette, panels
 from ..parameters import resolve
 from ..publish import Fact, Phrase
 from ..tables import mean_std, results_frame
@@ -198,25 +199,40 @@ def _classes(table: pd.DataFrame, side: Any) -> Phrase:
 
 
 def plot_accuracy(result: MainResults) -> Any:
-    """Bars of accuracy per attack and method, one panel per dataset (mean over seeds, SD bars)."""
+    """Bars of accuracy per attack and method, one panel per dataset (mean over seeds, SD bars), the attacks
+    named under every panel and the methods in one legend below."""
     import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.ticker import PercentFormatter
 
     long = pd.concat([f.assign(dataset=d) for d, f in result.frames.items()])
     attacks = [c for c in long.columns if c not in (*_NOT_ATTACKS, "dataset")]
     long = long.melt(id_vars=["dataset", "method", "seed"], value_vars=attacks, var_name="attack",
                      value_name="accuracy")
-    grid = sns.catplot(data=long, x="attack", y="accuracy", hue="method", col="dataset", kind="bar", height=3.6,
-                       aspect=1.3, errorbar="sd", hue_order=order(result.methods), palette=palette(), col_wrap=1)
-    grid.set_xticklabels(rotation=20)
-    plt.close(grid.figure)
-    return grid.figure
+    fig, axes = panels(len(result.frames), 3.2, sharey=True)
+    for ax, d in zip(axes[:, 0], result.frames):
+        sns.barplot(data=long[long.dataset == d], x="attack", y="accuracy", hue="method", order=attacks,
+                    hue_order=order(result.methods), palette=palette(), errorbar="sd", ax=ax)
+        ax.set_xticks(range(len(attacks)), [attack_label(a) for a in attacks])
+        ax.set(xlabel="", title=title(d))
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    legend_below(fig, ncol=3)
+    plt.close(fig)
+    return fig
+
+
+def attack_label(column: str) -> str:
+    """A reader's name for an attack column: ``pgd10`` → ``PGD-10``, ``worst_case`` → ``worst case``."""
+    steps = re.fullmatch(r"(pgd|cw)(\d+)", column)
+    if steps:
+        return f"{steps.group(1).upper()}-{steps.group(2)}"
+    return {"fgsm": "FGSM", "autoattack": "AutoAttack"}.get(column, column.replace("_", " "))
 
 
 def plot_difference(result: MainResults) -> Any:
     """Every compared difference (:data:`aalp.arms.PAIRS`, primary first) per seed and pooled, with both
     intervals, per dataset: the comparison at a glance."""
-    rows = [(f"{d}: {_pair_label(pair)}", c[PRIMARY]) for d, by_pair in result.comparisons.items()
+    rows = [(f"{title(d)}:\n{_pair_label(pair)}", c[PRIMARY]) for d, by_pair in result.comparisons.items()
             for pair, c in by_pair.items()]
     return forest(rows, xlabel="difference in worst-case accuracy", colour=palette()["aalp"])
 
@@ -244,19 +260,19 @@ def differences(result: MainResults) -> pd.DataFrame:
 def plot_by_class(result: MainResults) -> Any:
     """AALP − ALP per true class with its crossed interval (filled: significant after Holm)."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import PercentFormatter
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-    fig, axes = plt.subplots(1, len(result.by_class), figsize=(5.2 * len(result.by_class), 3.8), squeeze=False)
-    for ax, (d, t) in zip(axes[0], result.by_class.items()):
+    fig, axes = panels(len(result.by_class), 3.8)
+    for ax, (d, t) in zip(axes[:, 0], result.by_class.items()):
         diff = t["AALP − ALP"]
         ax.errorbar(diff, range(len(t)), xerr=[diff - t["low"], t["high"] - diff], fmt="none", capsize=3,
                     color="#777777")
         ax.scatter(diff, range(len(t)), c=[palette()["aalp"] if s else "white" for s in t["significant"]],
                    edgecolors=palette()["aalp"], zorder=3)
         ax.axvline(0, color="black", lw=1)
-        ax.set(yticks=range(len(t)), yticklabels=t.index, xlabel="AALP − ALP (95 % interval)", title=d)
+        ax.set(yticks=range(len(t)), yticklabels=t.index, xlabel="AALP − ALP (95 % interval)", title=title(d))
         ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.xaxis.set_major_locator(MaxNLocator(6))
         ax.invert_yaxis()
-    fig.tight_layout()
     plt.close(fig)
     return fig

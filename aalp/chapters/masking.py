@@ -11,6 +11,7 @@ counts as robust only if no attack of either broke it (the *final worst case*).
 
 from __future__ import annotations
 
+import textwrap
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ from ..arms import PAIRS, seeds_of
 from ..data import title
 from ..audit import final_worst_case, merge_bits
 from ..experiments import Run, Study
-from ..figures import LABELS, order, palette
+from ..figures import LABELS, legend_below, order, palette, panels
 from ..parameters import resolve
 from ..publish import Fact, Phrase
 from ..runs import decode_bits
@@ -282,6 +283,7 @@ def plot_curves(result: Audits) -> Any:
     attack's curve levels off with steps and falls to zero with ε."""
     import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.ticker import LogLocator, MaxNLocator, PercentFormatter, ScalarFormatter
 
     seed = result.full_seeds[0]
     rows = []
@@ -293,15 +295,18 @@ def plot_curves(result: Audits) -> Any:
         rows += [{"dataset": d, "method": m, "curve": "ε", "x": p["eps"], "accuracy": p["accuracy"]}
                  for p in a["eps_curve"]]
     long = pd.DataFrame(rows)
-    fig, axes = plt.subplots(len(result.datasets), 2, figsize=(10, 3.4 * len(result.datasets)), squeeze=False)
+    fig, axes = panels(len(result.datasets), 2.8, cols=2, sharey="row")
     for row, d in zip(axes, result.datasets):
         for ax, curve in zip(row, ("steps", "ε")):
             data = long[(long.dataset == d) & (long.curve == curve)]
             sns.lineplot(data=data, x="x", y="accuracy", hue="method", hue_order=order(result.methods),
                          palette=palette(), marker="o", ax=ax, legend=curve == "steps" and d == result.datasets[0])
-            ax.set(xlabel="PGD steps" if curve == "steps" else "ε", title=f"{d}: PGD by {curve}",
-                   xscale="log" if curve == "steps" else "linear")
-    fig.tight_layout()
+            ax.set(xlabel="PGD steps" if curve == "steps" else "ε", ylabel="accuracy" if curve == "steps" else "",
+                   title=f"{d}: PGD by {curve}", xscale="log" if curve == "steps" else "linear")
+            ax.xaxis.set_major_locator(MaxNLocator(4) if curve == "ε" else LogLocator())
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    legend_below(fig, ncol=3)
     plt.close(fig)
     return fig
 
@@ -314,7 +319,8 @@ def plot_strength(result: Audits) -> Any:
 
     seed = result.full_seeds[0]
     colours = palette()
-    fig, axes = plt.subplots(len(result.datasets), 1, figsize=(9, 3.6 * len(result.datasets)), squeeze=False)
+    steps = result.strength.groupby("dataset")["step"].nunique().max()
+    fig, axes = panels(len(result.datasets), 0.9 + 0.42 * steps, sharex=True)
     for ax, d in zip(axes[:, 0], result.datasets):
         data = result.strength[(result.strength.dataset == d) & (result.strength.seed == seed)]
         labels: list[str] = []
@@ -322,13 +328,13 @@ def plot_strength(result: Audits) -> Any:
             one = data[data.method == m]
             if len(one) > len(labels):
                 labels = list(one["attacks"])
-            ax.step(one["step"], one["accuracy"], where="post", marker="o", ms=3, color=colours[m],
+            ax.plot(one["accuracy"], one["step"], drawstyle="steps-pre", marker="o", ms=3, color=colours[m],
                     label=LABELS.get(m, m))
-        ax.set_xticks(range(len(labels)), ["+ " + a if i else a for i, a in enumerate(labels)], rotation=35,
-                      ha="right", fontsize=8)
-        ax.set(title=f"{d}, seed {seed}: accuracy as attacks are added", ylabel="robust on every attack so far")
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-        ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
+        ax.set_yticks(range(len(labels)), [textwrap.fill("+ " + a if i else a, 20) for i, a in enumerate(labels)])
+        ax.invert_yaxis()
+        ax.set(title=f"{d}, seed {seed}")
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    axes[-1][0].set_xlabel("robust on every attack so far\n(attacks added from top to bottom)")
+    legend_below(fig, ncol=3)
     plt.close(fig)
     return fig

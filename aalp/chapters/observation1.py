@@ -30,7 +30,7 @@ from ..config import ConfigError
 from ..contributions import channel_contribution, concentration, model_contributions
 from ..data import title
 from ..experiments import Study
-from ..figures import LABELS, forest, order, palette
+from ..figures import LABELS, forest, legend_below, order, palette, panels
 from ..parameters import resolve
 from ..publish import Fact, Phrase
 
@@ -352,20 +352,20 @@ def summarise(per_image: pd.DataFrame, models: pd.DataFrame, *, dataset: str, se
 # ----------------------------------------------------------------------------------------------------
 
 def plot_distribution(result: Observation1) -> Any:
-    """The primary statistic per test image, per method, at both layers (``dataset``, ``seed``)."""
+    """The primary statistic per test image, per method (one row each), at both layers (``dataset``, ``seed``)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     frame = result.per_image[(result.per_image.dataset == result.dataset) & (result.per_image.seed == result.seed)]
     methods = order(result.methods)
-    fig, axes = plt.subplots(1, len(LAYERS), figsize=(5.2 * len(LAYERS), 3.8), squeeze=False)
-    for ax, layer in zip(axes[0], LAYERS):
-        sns.boxplot(data=frame[frame.layer == layer], x="method", y=PRIMARY, hue="method", order=methods,
-                    hue_order=methods, palette=palette(), legend=False, ax=ax, fliersize=2)
-        ax.set(xlabel="", ylabel=f"Gini of positive contributions ({layer})",
-               title=f"{title(result.dataset)}, seed {result.seed}")
-        ax.set_xticks(range(len(methods)), [LABELS.get(m, m) for m in methods], rotation=20)
-    fig.tight_layout()
+    fig, axes = panels(len(LAYERS), 0.9 + 0.35 * len(methods), sharex=True)
+    for ax, layer in zip(axes[:, 0], LAYERS):
+        sns.boxplot(data=frame[frame.layer == layer], x=PRIMARY, y="method", hue="method", order=methods,
+                    hue_order=methods, palette=palette(), legend=False, ax=ax, fliersize=2, orient="h")
+        ax.set(xlabel="", ylabel="", title=f"{layer} layer")
+        ax.set_yticks(range(len(methods)), [LABELS.get(m, m) for m in methods])
+    axes[-1][0].set_xlabel("Gini of the positive contributions, per test image")
+    fig.suptitle(f"{title(result.dataset)}, seed {result.seed}")
     plt.close(fig)
     return fig
 
@@ -374,7 +374,7 @@ def plot_paired(result: Observation1) -> Any:
     """PGD-AT − standard of the primary statistic per dataset and layer, per seed and pooled, with the
     crossed interval and the t-interval; right of 0 is the side Observation 1 predicts."""
     return forest([(f"{title(d)}, {layer}", by_layer[layer][PRIMARY]) for d, by_layer in result.comparisons.items()
-                   for layer in LAYERS], xlabel="PGD-AT − standard, Gini (higher: more concentrated)",
+                   for layer in LAYERS], xlabel="PGD-AT − standard, Gini\n(higher: more concentrated)",
                   colour=palette()[ROBUST], percent=False)
 
 
@@ -382,11 +382,10 @@ def plot_predicts(result: Observation1) -> Any:
     """Per model (method × seed), mean primary statistic against AutoAttack accuracy; one panel per dataset
     (columns) and layer (rows)."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import PercentFormatter
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     colours = palette()
-    fig, axes = plt.subplots(len(LAYERS), len(result.datasets), figsize=(4.6 * len(result.datasets), 3.4 * len(LAYERS)),
-                             squeeze=False)
+    fig, axes = panels(len(LAYERS), 3.0, cols=len(result.datasets), sharey=True)
     for row, layer in enumerate(LAYERS):
         for col, d in enumerate(result.datasets):
             ax = axes[row][col]
@@ -396,11 +395,11 @@ def plot_predicts(result: Observation1) -> Any:
                 ax.scatter(f[PRIMARY], f["autoattack"], color=colours[m], label=LABELS.get(m, m), s=45,
                            edgecolors="black", linewidths=0.4)
             c = result.correlations[d][layer]["all"]
-            ax.set(xlabel=f"mean Gini ({layer})", ylabel="AutoAttack accuracy",
+            ax.set(xlabel=f"mean Gini ({layer})", ylabel="AutoAttack accuracy" if col == 0 else "",
                    title=f"{title(d)}: ρ = {c['rho']:.2f}" if not math.isnan(c["rho"])
                    else f"{title(d)}: ρ undefined")
             ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    axes[0][-1].legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
-    fig.tight_layout()
+            ax.xaxis.set_major_locator(MaxNLocator(4))
+    legend_below(fig, ncol=3)
     plt.close(fig)
     return fig

@@ -30,7 +30,7 @@ import torch
 from .. import conflict, stats
 from ..attacks import PGD
 from ..experiments import Run, Study
-from ..figures import LABELS, palette
+from ..figures import LABELS, legend_below, palette, panels
 from ..parameters import resolve
 from ..publish import Fact, Phrase
 
@@ -281,7 +281,8 @@ def plot_over_training(result: Observation2) -> Any:
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     colours = palette()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig, axes = panels(3, 2.6, sharex=True)
+    axes = axes[:, 0]
     h = result.history
     for m in METHODS:
         for s, one in h[h["method"] == m].groupby("seed"):
@@ -295,20 +296,20 @@ def plot_over_training(result: Observation2) -> Any:
                              label="conflict samples" if first else None)
                 axes[2].plot(one["epoch"], one["obs2_weight_other"], marker="s", ms=4, ls="--", color=colours[m],
                              alpha=0.6, label="other samples" if first else None)
-    for ax, label in zip(axes, ("in conflict (cos < 0, ratio > 1)", "opposing (cos < 0)",
-                                "AALP: mean pairing weight w")):
-        ax.set(xlabel="epoch", ylabel=label)
+    for ax, label in zip(axes, ("in conflict\n(cos < 0, ratio > 1)", "opposing\n(cos < 0)",
+                                "AALP: mean\npairing weight w")):
+        ax.set(ylabel=label)
         if h["epoch"].nunique() <= 12:
             ax.set_xticks(sorted(h["epoch"].unique()))
         else:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=8)
+    axes[-1].set_xlabel("epoch")
     for ax in axes[:2]:
         ax.set_ylim(0, 1)
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    fig.suptitle(f"{result.dataset}: {result.facts['obs2_trace_size']} fixed training images of each run, seeds "
-                 f"{', '.join(map(str, sorted(h['seed'].unique())))}", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(f"{result.dataset}: {result.facts['obs2_trace_size']} fixed training images of each run,\nseeds "
+                 f"{', '.join(map(str, sorted(h['seed'].unique())))}")
+    legend_below(fig)
     plt.close(fig)
     return fig
 
@@ -318,20 +319,22 @@ def plot_per_sample(result: Observation2) -> Any:
     ``λ w ‖z − z'‖²/K``, dark where the sample is in conflict."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(METHODS), figsize=(10, 3.8), sharex=True, sharey=True)
+    fig, axes = panels(len(METHODS), 3.0, sharex=True, sharey=True)
+    axes = axes[:, 0]
     positive = bool((result.samples["pairing part"] > 0).all())
     for ax, m in zip(axes, METHODS):
         one = result.samples[result.samples["method"] == m]
         for flag in ("no", "yes"):
             part = one[one["in conflict"] == flag]
             ax.scatter(part["ce_adv"], part["pairing part"], s=10, alpha=0.6, color=_CONFLICT_COLOURS[flag],
-                       label=f"in conflict: {flag} ({len(part)})")
+                       label=f"in conflict: {flag}")
         ax.set_yscale("log" if positive else "symlog")
-        ax.set(xlabel="CE on x'", title=LABELS[m])
+        ax.set(ylabel="λ·w·‖z − z'‖²/K",
+               title=f"{LABELS[m]}: {(one['in conflict'] == 'yes').sum()} of {len(one)} in conflict")
         ax.title.set_color(palette()[m])
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("pairing part λ·w·‖z − z'‖²/K")
-    fig.suptitle(f"{result.dataset}, seed {result.seed}: {result.n_train} training images", fontsize=10)
-    fig.tight_layout()
+    axes[-1].set_xlabel("CE on x'")
+    fig.suptitle(f"{result.dataset}, seed {result.seed}: {result.n_train} training images,\n"
+                 "pairing part of the loss against CE on x'")
+    legend_below(fig)
     plt.close(fig)
     return fig

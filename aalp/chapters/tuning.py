@@ -21,7 +21,7 @@ from ..arms import SEARCH_METHODS
 from ..config import to_dict
 from ..data import title
 from ..experiments import Study
-from ..figures import LABELS, palette
+from ..figures import LABELS, legend_below, palette, panels
 from ..methods import AALP
 from ..parameters import resolve
 from ..publish import Fact, Phrase
@@ -243,9 +243,8 @@ def plot_best_so_far(result: Tuning) -> Any:
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     colours = palette()
-    fig, axes = plt.subplots(1, len(result.datasets), figsize=(5.4 * len(result.datasets), 3.6), squeeze=False,
-                             sharey=True)
-    for ax, d in zip(axes[0], result.datasets):
+    fig, axes = panels(len(result.datasets), 3.0, sharex=True, sharey=True)
+    for ax, d in zip(axes[:, 0], result.datasets):
         for m, record in result.records[d].items():
             curve = [c for c in best_so_far(record) if c["best"] is not None]
             if curve:
@@ -255,11 +254,11 @@ def plot_best_so_far(result: Tuning) -> Any:
             ax.scatter([e for e, _ in ends], [s for _, s in ends], color=colours[m], s=14, alpha=0.5,
                        label=f"{LABELS[m]}: a trial's last score")
         ax.axvline(result.facts["tune_budget"], color="#999999", lw=1, ls=":")
-        ax.set(title=d, xlabel="epochs spent by the search", ylabel="validation accuracy, APGD-CE + T")
+        ax.set(title=d, ylabel="validation accuracy,\nAPGD-CE + T")
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    axes[-1][0].set_xlabel("epochs spent by the search (dotted: the budget)")
+    legend_below(fig)
     plt.close(fig)
     return fig
 
@@ -272,9 +271,8 @@ def plot_lam(result: Tuning) -> Any:
     from matplotlib.ticker import PercentFormatter
 
     colours = palette()
-    fig, axes = plt.subplots(1, len(result.datasets), figsize=(5.4 * len(result.datasets), 3.6), squeeze=False,
-                             sharey=True)
-    for ax, d in zip(axes[0], result.datasets):
+    fig, axes = panels(len(result.datasets), 3.0, sharex=True, sharey=True)
+    for ax, d in zip(axes[:, 0], result.datasets):
         for m, record in result.records[d].items():
             first = str(record["rungs"][0])
             trials = [t for t in record["trials"] if "lam" in t["params"]]
@@ -288,10 +286,9 @@ def plot_lam(result: Tuning) -> Any:
                            label=f"{LABELS[m]}: score after {first} epoch{'s' * (first != '1')}")
         for end in LAM:
             ax.axvline(end, color="#999999", lw=1, ls=":")
-        ax.set(title=d, xscale="log", xlabel="pairing weight λ (searched range dotted)",
-               ylabel="validation accuracy, APGD-CE + T")
+        ax.set(title=d, xscale="log", ylabel="validation accuracy,\nAPGD-CE + T")
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-        ax.legend(fontsize=7, loc="center left")
-    fig.tight_layout()
+    axes[-1][0].set_xlabel("pairing weight λ (searched range dotted)")
+    legend_below(fig)
     plt.close(fig)
     return fig
