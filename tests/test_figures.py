@@ -19,8 +19,9 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.text import Text
 
-from aalp.chapters import ablation, cost, main_results, masking, observation1, observation2, tuning
+from aalp.chapters import ablation, cost, main_results, masking, observation1, observation2, study, tuning
 from aalp.figures import METHOD_ORDER, WIDTH, setup
+from tests.test_chapter_study import _record as _study_record
 from tests.test_chapter_tuning import _tuning
 from tests.test_chapters import _ablation, _models, _per_image
 
@@ -86,7 +87,7 @@ def _audits() -> masking.Audits:
     strength = pd.DataFrame([{"dataset": d, "method": m, "seed": 0, "step": i, "attacks": a,
                               "accuracy": 0.5 - 0.02 * i - 0.01 * j}
                              for d in DATASETS for j, m in enumerate(methods) for i, a in enumerate(attacks)])
-    return masking.Audits(DATASETS, [0], [0], methods, pd.DataFrame(), audits, {}, strength)
+    return masking.Audits(DATASETS, [0], [0], methods, pd.DataFrame(), audits, {}, strength, pd.DataFrame())
 
 
 def _tuning_record() -> tuning.Tuning:
@@ -107,6 +108,8 @@ FIGURES: dict[str, Callable[[], Iterator[Any]]] = {
     "cost": lambda: (f(r) for r in [_cost()] for f in (cost.plot_epoch_seconds, cost.plot_curve, cost.plot_training_attack)),
     "audit": lambda: (f(r) for r in [_audits()] for f in (masking.plot_curves, masking.plot_strength)),
     "tuning": lambda: (f(r) for r in [_tuning_record()] for f in (tuning.plot_best_so_far, tuning.plot_lam)),
+    "tuning study": lambda: iter([study.plot_expected_best(study.TuningStudy(
+        "cpu", {"mnist": _study_record(4), "fashion-mnist": _study_record(2)}, {}))]),
 }
 
 

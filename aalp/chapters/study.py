@@ -18,7 +18,7 @@ import pandas as pd
 from .. import stats, tuning
 from ..data import title
 from ..experiments import Study
-from ..figures import LABELS, palette
+from ..figures import LABELS, legend_below, palette, panels
 from ..parameters import resolve
 from ..publish import Fact, Phrase
 
@@ -156,7 +156,7 @@ def plot_expected_best(result: TuningStudy) -> Any:
     from matplotlib.ticker import MaxNLocator
 
     curves, started = expected_best(result), result._started()
-    fig, axes = plt.subplots(max(len(started), 1), 1, figsize=(6.2, 3.4 * max(len(started), 1)), squeeze=False)
+    fig, axes = panels(max(len(started), 1), 3.2)
     colours = dict(zip(ARM_LABELS.values(), sns.color_palette("colorblind", len(ARM_LABELS)).as_hex()))
     colours.update({f"{LABELS[m]}, every arm": palette()[m] for m in ("alp", "aalp")})
     for ax, (d, r) in zip(axes[:, 0], started):
@@ -168,17 +168,15 @@ def plot_expected_best(result: TuningStudy) -> Any:
                        label="ALP at the profile's settings ± 1 seed SD")
         for name, c in curves[curves.dataset == d].groupby("curve", sort=False):
             pooled = bool(c["pooled"].iloc[0])
-            ax.plot(c["trials"], 100 * c["expected best"], marker="o", ms=3 if not pooled else 5,
+            ax.plot(c["trials"], 100 * c["expected best"], marker="o", ms=5 if pooled else 3,
                     lw=2.5 if pooled else 1.2, color=colours.get(name), label=name)
         ax.set(title=title(d), xlabel="trials (each a full training run)", ylabel="expected best (%)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
     if not started:
         axes[0, 0].set_axis_off()
         axes[0, 0].text(0.5, 0.5, "no study record for this profile", ha="center", va="center")
-    legend = {label: h for ax in axes[:, 0] for h, label in zip(*ax.get_legend_handles_labels())}
-    handles, labels = list(legend.values()), list(legend)
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=10, frameon=False)
-        fig.tight_layout(rect=(0, 0.08 + 0.03 * (len(labels) // 2), 1, 1))
+    legend_below(fig, ncol=1)
     plt.close(fig)
     return fig
+
