@@ -67,6 +67,7 @@ class Arm:
     name: str
     method: str
     fixed: tuple[str, ...]
+    label: str  # a reader's name for the arm (the book's tables and figures)
     beta: bool = False
     trials: int = 4
 
@@ -80,12 +81,14 @@ class Arm:
 
 _SW = ("method.guided_dropout=false", "method.weight_normalize=true")
 ARMS: tuple[Arm, ...] = (
-    Arm("alp", "alp", ()),
-    Arm("alp-gd", "aalp", ("method.guided_dropout=true", "method.weighting=one", "method.weight_normalize=false")),
-    Arm("sw-p_adv", "aalp", (*_SW, "method.weighting=p_adv")),
-    Arm("sw-correct", "aalp", (*_SW, "method.weighting=correct")),
-    Arm("sw-mart", "aalp", (*_SW, "method.weighting=mart"), beta=True, trials=6),
-    Arm("aalp", "aalp", ("method.guided_dropout=true", "method.weighting=p_adv", "method.weight_normalize=true")),
+    Arm("alp", "alp", (), "ALP"),
+    Arm("alp-gd", "aalp", ("method.guided_dropout=true", "method.weighting=one", "method.weight_normalize=false"),
+        "ALP + Guided Dropout"),
+    Arm("sw-p_adv", "aalp", (*_SW, "method.weighting=p_adv"), "weights p_y(x')"),
+    Arm("sw-correct", "aalp", (*_SW, "method.weighting=correct"), "weights 1[x' correct]"),
+    Arm("sw-mart", "aalp", (*_SW, "method.weighting=mart"), "weights 1 + β(1 − p_y(x'))", beta=True, trials=6),
+    Arm("aalp", "aalp", ("method.guided_dropout=true", "method.weighting=p_adv", "method.weight_normalize=true"),
+        "AALP (both modules)"),
 )
 """The declared arms: ALP; ALP + Guided Dropout (the module alone, defaults); sample weighting alone with the
 abstract's direction (``p_adv``: less pairing where x' is misclassified), its hard form (``correct``) and the
@@ -316,11 +319,12 @@ def run(profile: str, datasets: Sequence[str], *, root: str | Path = ROOT, jobs:
               ("search", lambda d: trial_units(profile, d, root)),
               ("confirmation", lambda d: confirmation_units(
                   profile, d, root, lambda u: validation_score_of(u, runs_dir, data))))
+    paths = []
     for stage, units in stages:  # stage by stage over every dataset: the lanes idle only between stages
         chosen = [u for d in datasets for u in units(d)]
         log(f"tuning {profile} {', '.join(datasets)}: {stage}, {len(chosen)} units")
         run_grid(chosen, runs_dir=runs_dir, data_dir=data, jobs=jobs, score="validation", log=log)
         for d in datasets:
             tell(profile, d, root)
-            write_record(profile, d, root)
-    return [results_dir(profile, root) / "tuning" / f"{d}.json" for d in datasets]
+        paths = [write_record(profile, d, root) for d in datasets]
+    return paths

@@ -22,11 +22,6 @@ from ..figures import LABELS, legend_below, palette, panels
 from ..parameters import resolve
 from ..publish import Fact, Phrase
 
-ARM_LABELS = {"alp": "ALP", "alp-gd": "ALP + Guided Dropout", "sw-p_adv": "weights p_y(x')",
-              "sw-correct": "weights 1[x' correct]", "sw-mart": "weights 1 + β(1 − p_y(x'))",
-              "aalp": "AALP (both modules)"}
-"""A reader's name for each arm of :data:`aalp.tuning.ARMS`."""
-
 
 @dataclass
 class TuningStudy:
@@ -39,7 +34,7 @@ class TuningStudy:
     def noise(self) -> pd.DataFrame:
         """The noise floor: each configuration's validation score per seed, its mean and SD (fractions)."""
         rows = []
-        for d, r in self._started():
+        for d, r in self.started():
             nf = r["noise_floor"]
             for arm, values in nf["per_seed"].items():
                 scored = [v for v in values if v is not None]
@@ -51,23 +46,24 @@ class TuningStudy:
 
     def trials(self) -> pd.DataFrame:
         """Every trial of every arm: its tuned parameters and validation score (a fraction; empty until scored)."""
-        rows = [{"dataset": title(d), "arm": ARM_LABELS.get(arm, arm), "trial": t["trial"],
+        rows = [{"dataset": title(d), "arm": tuning.arm(arm).label, "trial": t["trial"],
                  **{k: round(v, 3) for k, v in t["params"].items()}, "validation score": _fraction(t["score"])}
-                for d, r in self._started() for arm, ts in r["trials"].items() for t in ts]
+                for d, r in self.started() for arm, ts in r["trials"].items() for t in ts]
         return pd.DataFrame(rows).set_index(["dataset", "arm", "trial"]) if rows else pd.DataFrame()
 
     def confirmed(self) -> pd.DataFrame:
         """The confirmed configurations: each seed's validation score and the mean (fractions; no row until
         every trial of a dataset is scored)."""
-        rows = [{"dataset": title(d), "arm": ARM_LABELS.get(c["arm"], c["arm"]),
+        rows = [{"dataset": title(d), "arm": tuning.arm(c["arm"]).label,
                  "configuration": ", ".join(o.removeprefix("method.") for o in c["overrides"]),
                  **{f"seed {i + 1}": _fraction(v) for i, v in enumerate(c["scores"])}, "mean": _fraction(c["mean"])}
-                for d, r in self._started() for c in r["confirmed"] or ()]
+                for d, r in self.started() for c in r["confirmed"] or ()]
         columns = ["dataset", "arm", "configuration", *(f"seed {i + 1}" for i in range(1 + len(tuning.CONFIRM_OFFSETS))),
                    "mean"]
         return pd.DataFrame(rows, columns=columns).set_index(columns[:3])
 
-    def _started(self) -> list[tuple[str, dict[str, Any]]]:
+    def started(self) -> list[tuple[str, dict[str, Any]]]:
+        """(dataset, record) of every dataset whose study has written a record."""
         return [(d, r) for d, r in self.records.items() if r is not None]
 
 
@@ -117,7 +113,7 @@ def _answer(dataset: str, record: dict[str, Any]) -> str:
                 f"seeds ({tuning.finished_units(record)} of {tuning.planned_units(record)} units scored).")
     alp, aalp = record["choice"]["alp"], record["choice"]["aalp"]
     gap, limit = aalp["mean"] - alp["mean"], record["noise_floor"]["threshold"]
-    arm = ARM_LABELS.get(aalp["arm"], aalp["arm"])
+    arm = tuning.arm(aalp["arm"]).label
     if gap > limit:
         return (f"On {name} an AALP reading beats ALP on validation: {arm}, {100 * gap:+.1f} points over the "
                 f"confirmed ALP, beyond the noise floor's {100 * limit:.1f}.")
@@ -133,12 +129,12 @@ def expected_best(result: TuningStudy) -> pd.DataFrame:
     search of ``k`` trials (:func:`aalp.stats.expected_max`) for k = 1 … the trials scored so far (a
     method of one arm has no pooled curve: it is that arm's)."""
     rows = []
-    for d, r in result._started():
+    for d, r in result.started():
         pooled: dict[str, list[float]] = {}
         for a in r["arms"]:
             scores = [t["score"] for t in r["trials"][a["name"]] if t["score"] is not None]
             pooled.setdefault(a["method"], []).extend(scores)
-            rows += [{"dataset": d, "curve": ARM_LABELS.get(a["name"], a["name"]), "pooled": False, "trials": k,
+            rows += [{"dataset": d, "curve": tuning.arm(a["name"]).label, "pooled": False, "trials": k,
                       "expected best": stats.expected_max(scores, k)} for k in range(1, len(scores) + 1)]
         arms_of = {m: sum(a["method"] == m for a in r["arms"]) for m in pooled}
         rows += [{"dataset": d, "curve": f"{LABELS[m]}, every arm", "pooled": True, "trials": k,
@@ -155,9 +151,9 @@ def plot_expected_best(result: TuningStudy) -> Any:
     import seaborn as sns
     from matplotlib.ticker import MaxNLocator
 
-    curves, started = expected_best(result), result._started()
+    curves, started = expected_best(result), result.started()
     fig, axes = panels(max(len(started), 1), 3.2)
-    colours = dict(zip(ARM_LABELS.values(), sns.color_palette("colorblind", len(ARM_LABELS)).as_hex()))
+    colours = dict(zip((a.label for a in tuning.ARMS), sns.color_palette("colorblind", len(tuning.ARMS)).as_hex()))
     colours.update({f"{LABELS[m]}, every arm": palette()[m] for m in ("alp", "aalp")})
     for ax, (d, r) in zip(axes[:, 0], started):
         nf = r["noise_floor"]
