@@ -170,7 +170,7 @@ def _trials(profile: str, dataset: str, root: str | Path, score: Callable[[Unit]
     """Per arm, each trial's number, overrides, run and validation score (``None`` until scored)."""
     out = {}
     for a, units in zip(ARMS, _by_arm(trial_units(profile, dataset, root))):
-        out[a.name] = [{"trial": i, "overrides": list(u.overrides), "params": _params(u.overrides),
+        out[a.name] = [{"trial": i, "overrides": list(u.overrides), "params": params(u.overrides),
                         "run": _run(u), "score": score(u)} for i, u in enumerate(units)]
     return out
 
@@ -188,7 +188,8 @@ def _run(unit: Unit) -> str:
     return config_hash(unit.config.train)
 
 
-def _params(overrides: Sequence[str]) -> dict[str, float]:
+def params(overrides: Sequence[str]) -> dict[str, float]:
+    """The tuned parameters in ``overrides``: ``{"lam": …, "beta": …}`` (those present)."""
     keys = {"method.lam": "lam", "method.weight_beta": "beta"}
     return {keys[k]: float(v) for k, _, v in (o.partition("=") for o in overrides) if k in keys}
 

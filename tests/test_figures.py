@@ -19,9 +19,10 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.text import Text
 
+from aalp import tuning as tuning_study
 from aalp.chapters import ablation, cost, main_results, masking, observation1, observation2, study, tuning
 from aalp.figures import METHOD_ORDER, WIDTH, setup
-from tests.test_chapter_study import _record as _study_record
+from tests.test_chapter_study import _confirmed, _record as _study_record
 from tests.test_chapter_tuning import _tuning
 from tests.test_chapters import _ablation, _models, _per_image
 
@@ -96,6 +97,13 @@ def _tuning_record() -> tuning.Tuning:
     return result
 
 
+def _study() -> study.TuningStudy:
+    """MNIST confirmed (every arm's best two trials on three seeds), Fashion-MNIST still searching."""
+    scores = {(a.name, i): [0.70 + 0.01 * i, 0.69 + 0.004 * k, 0.71 - 0.003 * k]
+              for k, a in enumerate(tuning_study.ARMS) for i in (2, 3)}
+    return study.TuningStudy("cpu", {"mnist": _confirmed(_study_record(4), scores), "fashion-mnist": _study_record(2)}, {})
+
+
 FIGURES: dict[str, Callable[[], Iterator[Any]]] = {
     "main results": lambda: (f(r) for r in [_main()] for f in (main_results.plot_accuracy, main_results.plot_difference,
                                                                  main_results.plot_by_class)),
@@ -108,8 +116,7 @@ FIGURES: dict[str, Callable[[], Iterator[Any]]] = {
     "cost": lambda: (f(r) for r in [_cost()] for f in (cost.plot_epoch_seconds, cost.plot_curve, cost.plot_training_attack)),
     "audit": lambda: (f(r) for r in [_audits()] for f in (masking.plot_curves, masking.plot_strength)),
     "tuning": lambda: (f(r) for r in [_tuning_record()] for f in (tuning.plot_best_so_far, tuning.plot_lam)),
-    "tuning study": lambda: iter([study.plot_expected_best(study.TuningStudy(
-        "cpu", {"mnist": _study_record(4), "fashion-mnist": _study_record(2)}, {}))]),
+    "tuning study": lambda: (f(r) for r in [_study()] for f in (study.plot_expected_best, study.plot_confirmed)),
 }
 
 

@@ -62,6 +62,32 @@ class TuningStudy:
                    "mean"]
         return pd.DataFrame(rows, columns=columns).set_index(columns[:3])
 
+    def choices(self) -> pd.DataFrame:
+        """Each method's choice per dataset (no row until a dataset's confirmations are all scored): its arm and
+        tuned parameters, the mean validation score over the confirmation seeds with its 95 % t-interval, its
+        lead over the method's next confirmed configuration and whether that lead is under the noise
+        threshold, and the method at the profile's settings (the noise floor's mean) for "tuned vs default"."""
+        rows = []
+        for d, r in self.started():
+            for method, c in (r["choice"] or {}).items():
+                low, high = stats.seed_t_interval(c["scores"])
+                default = [v for v in r["noise_floor"]["per_seed"].get(method, []) if v is not None]
+                rows.append({"dataset": title(d), "method": LABELS[method], "arm": tuning.arm(c["arm"]).label,
+                             "tuned": _tuned(c["overrides"]), "mean": _fraction(c["mean"]),
+                             "95 % t-interval": f"[{100 * low:.1f}, {100 * high:.1f}]",
+                             "lead over next": _fraction(c["lead_over_next"]), "tie": c["tie"],
+                             "at the profile's settings": _fraction(np.mean(default)) if default else None})
+        return pd.DataFrame(rows).set_index(["dataset", "method"]) if rows else pd.DataFrame()
+
+    def shrinkage(self) -> pd.DataFrame:
+        """The winner's curse, measured: each confirmed configuration's trial score (the one that put it among
+        its arm's best) against the mean of its retraining seeds, and the fall between them (fractions)."""
+        rows = [{"dataset": title(d), "arm": tuning.arm(c["arm"]).label, "tuned": _tuned(c["overrides"]),
+                 "trial score": _fraction(c["scores"][0]), "retrained": _fraction(np.mean(c["scores"][1:])),
+                 "fall": _fraction(c["scores"][0] - np.mean(c["scores"][1:]))}
+                for d, r in self.started() for c in r["confirmed"] or () if c["mean"] is not None]
+        return pd.DataFrame(rows).set_index(["dataset", "arm", "tuned"]) if rows else pd.DataFrame()
+
     def started(self) -> list[tuple[str, dict[str, Any]]]:
         """(dataset, record) of every dataset whose study has written a record."""
         return [(d, r) for d, r in self.records.items() if r is not None]
@@ -69,6 +95,20 @@ class TuningStudy:
 
 def _fraction(value: float | None) -> float | None:
     return None if value is None else round(float(value), 3)
+
+
+SYMBOLS = {"lam": "λ", "beta": "β"}
+"""How the book writes each tuned parameter of :func:`aalp.tuning.params`."""
+
+
+def _tuned(overrides: list[str]) -> str:
+    """The tuned parameters of a configuration as a reader writes them: ``λ = 1.25, β = 0.4``."""
+    return ", ".join(f"{SYMBOLS[k]} = {v:.3g}" for k, v in tuning.params(overrides).items())
+
+
+def described(configuration: dict[str, Any]) -> str:
+    """A confirmed configuration of the record (or a method's choice) in words: its arm and tuned parameters."""
+    return f"{tuning.arm(configuration['arm']).label} with {_tuned(configuration['overrides'])}"
 
 
 def compute(study: Study, datasets: list[str] | None = None) -> TuningStudy:
@@ -100,9 +140,53 @@ def _facts(records: dict[str, dict[str, Any] | None]) -> dict[str, Fact]:
     budget = (f"{sum(map(tuning.planned_units, started))} units (full training runs scored on validation) "
               f"over {len(started)} dataset{'s' if len(started) != 1 else ''}" if started else "none yet")
     return {"study_status": Phrase("; ".join(status) or "no dataset"), "study_budget": Phrase(budget),
+            "study_choice": Phrase(" ".join(_choice(d, r) for d, r in records.items() if r is not None)
+                                   or "No study has been run for this profile."),
+            "study_shrinkage": Phrase(_shrinkage(started)),
             "study_noise": Phrase(first[0].upper() + first[1:] + "." if first else
                                   "The noise floor has not been measured for this profile yet."),
             "study_answer": Phrase(" ".join(answers) or "No study has been run for this profile.")}
+
+
+def tuned_arm(record: dict[str, Any] | None, method: str, earlier: str) -> str:
+    """What the main table's tuned arm of ``method`` is (:func:`aalp.arms.overrides`), in words: the study's
+    choice once ``record`` has one, else ``earlier`` (the earlier search's selection)."""
+    choice = ((record or {}).get("choice") or {}).get(method)
+    return (f"the tuning study's choice, {described(choice)}" if choice is not None
+            else f"the earlier search's selection, {earlier}")
+
+
+def _choice(dataset: str, record: dict[str, Any]) -> str:
+    """Each method's confirmed choice on ``dataset`` in one sentence, with its interval over seeds."""
+    name = title(dataset)
+    if not record["choice"]:
+        confirmed = record["confirmed"] or ()
+        done = sum(v is not None for c in confirmed for v in c["scores"][1:])
+        return (f"On {name} nothing is chosen yet ({done} of {sum(len(c['scores']) - 1 for c in confirmed)} "
+                "confirmation units scored)." if confirmed else f"On {name} nothing is chosen yet (the search is "
+                "still running).")
+    parts = []
+    for method, c in record["choice"].items():
+        low, high = stats.seed_t_interval(c["scores"])
+        lead = (f"; it leads the next configuration by {100 * c['lead_over_next']:.1f} points, "
+                + ("under the noise threshold: a tie" if c["tie"] else "beyond the noise threshold")
+                if c["lead_over_next"] is not None else "")
+        parts.append(f"{LABELS[method]}: {described(c)}, "
+                     f"{100 * c['mean']:.1f} % over {len(c['scores'])} seeds (95 % t-interval "
+                     f"[{100 * low:.1f}, {100 * high:.1f}]){lead}")
+    return f"On {name} the study chose, for " + "; for ".join(parts) + "."
+
+
+def _shrinkage(records: list[dict[str, Any]]) -> str:
+    """How far the confirmed configurations' trial scores fell when they were retrained (the winner's curse)."""
+    falls = [c["scores"][0] - float(np.mean(c["scores"][1:])) for r in records for c in r["confirmed"] or ()
+             if c["mean"] is not None]
+    if not falls:
+        return "No configuration has been retrained on more seeds yet."
+    return (f"Retrained on {len(tuning.CONFIRM_OFFSETS)} more seeds, the {len(falls)} configurations confirmed so "
+            f"far fell by {100 * float(np.mean(falls)):.1f} points on average from their trial's score (from "
+            f"{100 * min(falls):+.1f} to {100 * max(falls):+.1f}; a negative fall is a rise): the part of a "
+            "trial's score that was its seed's luck.")
 
 
 def _answer(dataset: str, record: dict[str, Any]) -> str:
@@ -176,3 +260,47 @@ def plot_expected_best(result: TuningStudy) -> Any:
     plt.close(fig)
     return fig
 
+
+
+def plot_confirmed(result: TuningStudy) -> Any:
+    """The confirmation, one panel per dataset whose confirmations have started: a row per configuration
+    (its arm and tuned parameters), grey dots for each scored seed, the coloured mean with its 95 %
+    t-interval over seeds once all are scored, and, around the confirmed ALP's mean, the grey band of the
+    noise threshold: an AALP reading must clear it to beat ALP."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from matplotlib.ticker import MaxNLocator
+
+    shown = [(d, r) for d, r in result.started() if r["confirmed"]]
+    colours = dict(zip((a.name for a in tuning.ARMS), sns.color_palette("colorblind", len(tuning.ARMS)).as_hex()))
+    sizes = [len(r["confirmed"]) for _, r in shown] or [1]
+    fig, axes = panels(len(sizes), 0.9 + 0.32 * max(sizes))
+    for ax, (d, r) in zip(axes[:, 0], shown):
+        rows = r["confirmed"]
+        alp = (r["choice"] or {}).get("alp")
+        if alp is not None and r["noise_floor"]["threshold"] is not None:
+            t = 100 * r["noise_floor"]["threshold"]
+            ax.axvspan(100 * alp["mean"] - t, 100 * alp["mean"] + t, color="#dddddd", zorder=0,
+                       label="confirmed ALP ± the noise threshold")
+        labelled: set[str] = set()
+        for y, c in enumerate(rows):
+            scored = [100 * v for v in c["scores"] if v is not None]
+            ax.scatter(scored, [y] * len(scored), color="#999999", s=14, zorder=2,
+                       label="one seed" if not labelled else None)
+            if c["mean"] is not None:
+                low, high = (100 * v for v in stats.seed_t_interval(c["scores"]))
+                name = tuning.arm(c["arm"]).label
+                ax.errorbar(100 * c["mean"], y, xerr=[[100 * c["mean"] - low], [high - 100 * c["mean"]]], fmt="o",
+                            color=colours[c["arm"]], capsize=3, zorder=3, label=name if name not in labelled else None)
+                labelled.add(name)
+            labelled.add("one seed")
+        ax.set(yticks=range(len(rows)), yticklabels=[f"{c['arm']}: {_tuned(c['overrides'])}" for c in rows], title=title(d),
+               xlabel="validation score (%), mean over seeds with 95 % t-interval")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.invert_yaxis()
+    if not shown:
+        axes[0, 0].set_axis_off()
+        axes[0, 0].text(0.5, 0.5, "no confirmation has started for this profile", ha="center", va="center")
+    legend_below(fig, ncol=1)
+    plt.close(fig)
+    return fig

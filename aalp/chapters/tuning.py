@@ -233,6 +233,10 @@ def compute(study: Study, datasets: list[str] | None = None) -> Tuning:
     facts["tune_reconstruction"] = Phrase(reconstruction(selected, study.unit(datasets[0], "aalp").config.train.method)
                                           if selected else "no search has a complete AALP trial")
     tuning_study = study_chapter.compute(study, datasets)
+    for d in datasets:  # what the main table's tuned arms are (aalp.arms.overrides: the study's choice once made)
+        for m in SEARCH_METHODS:
+            facts[f"tuned_{d}_{m}"] = Phrase(study_chapter.tuned_arm(tuning_study.records[d], m,
+                                                                     str(facts[f"tune_{d}_{m}_config"])))
     return Tuning(datasets, records, defaults, {**facts, **tuning_study.facts}, tuning_study)
 
 
