@@ -1,9 +1,10 @@
 """The arms of the comparison: a method at its profile's settings, or at the configuration its search selected.
 
 An arm is named ``"<method>"`` (any method of :data:`aalp.methods.METHODS`, with the profile's settings) or
-``"<method>-tuned"`` (ALP and AALP, the methods :mod:`aalp.search` tunes): the method with the overrides of
-the best complete trial of its committed search (:func:`aalp.search.best_overrides`), *less the seed the
-search trained its trials at* (``Experiments.search_run_seed``, outside every profile's comparison seeds).
+``"<method>-tuned"`` (ALP and AALP, the methods :mod:`aalp.tuning` tunes): the method with the overrides the
+tuning study chose once its record has a choice (:func:`aalp.selection.study_choice`), until then those of
+the best complete trial of its earlier search (:func:`aalp.search.best_overrides`), *less the seed the
+tuning trained at* (``Experiments.search_run_seed``, outside every profile's comparison seeds).
 The comparison retrains every arm on its own seeds, so the run that won the selection on validation images
 is never itself a reported result, and a lucky seed cannot carry a configuration into the test comparison.
 """

@@ -36,7 +36,7 @@ EPILOG = f"""
 profiles: smoke (CI-size pipeline check, ~1 min), cpu (full MNIST / Fashion-MNIST on a CPU),
           paper (published settings; CIFAR-10 / SVHN need a GPU)
 datasets (ε): {', '.join(f'{d} ({EPS[d]:.4g})' for d in DATASETS)}
-methods:  {', '.join(ARMS)} (a tuned arm is its committed search's selection)
+methods:  {', '.join(ARMS)} (a tuned arm is the tuning study's choice, else the earlier search's selection)
 models:   {', '.join(MODELS)}
 
 --set takes key=value pairs for any field of the configuration, e.g.
@@ -178,11 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--search-dir", default=None, help="study and record (default: results/<profile>/search)")
     search.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
     tune = commands.add_parser(
-        "tune", help="the tuning study: noise floor, structured arms, confirmation on seeds (validation only)",
+        "tune", help="the tuning study: noise floor, structured arms, confirmation on seeds, then the finals",
         description="Run the tuning study of aalp/tuning.py on a profile's datasets: the noise floor (ALP and "
                     "AALP at their settings on the comparison seeds), every declared arm's λ (and β) trials, "
-                    "then the best trials of each arm on more seeds; every unit is scored on validation images "
-                    "only. Everything is cached: killed, it continues. Records: results/<profile>/tuning/.")
+                    "then the best trials of each arm on more seeds, every unit scored on validation images only; "
+                    "then the finals: the chosen ALP and AALP (the main table's tuned arms) on the comparison "
+                    "seeds, evaluated on test once. Datasets go in the order given, each to its next stage as "
+                    "soon as one ends. Everything is cached: killed, it continues. Records: "
+                    "results/<profile>/tuning/.")
     _profile(tune)
     tune.add_argument("--datasets", nargs="+", metavar="DATASET", help="default: the profile's datasets")
     tune.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (default: 1)")

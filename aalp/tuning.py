@@ -18,7 +18,8 @@ with four stages. Every unit is trained into the profile's run cache and scored 
    more seeds; a configuration's score is its mean over those 3 seeds. A method's choice is the best mean
    among its arms' confirmed configurations; a lead under :func:`threshold` is reported as a tie.
 4. **Finals.** The chosen ALP and AALP configurations on the comparison seeds, evaluated on test once: the
-   main table's tuned arms.
+   main table's tuned arms (:func:`aalp.arms.overrides` follows the record's choice), trained and evaluated
+   by :func:`run` as soon as a dataset's record has one.
 
 Each (dataset, arm) is one optuna study in an append-only journal file
 ``results/<profile>/tuning/<dataset>-<arm>.log`` (committed); :func:`record` writes everything to
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .arms import COMPARED
+from .arms import COMPARED, SEARCH_METHODS
 from .checkpoint import file_lock, write_json
 from .config import ConfigError, experiments
 from .data import DATASETS
@@ -306,49 +307,70 @@ def tell(profile: str, dataset: str, root: str | Path = ROOT) -> None:
                     study.tell(t.number, value)
 
 
-def _stages(profile: str, dataset: str, root: Path, score: Callable[[Unit], float | None]
-            ) -> tuple[tuple[str, Callable[[], list[Unit]]], ...]:
-    return (("noise floor", lambda: noise_units(profile, dataset, root)),
-            ("search", lambda: trial_units(profile, dataset, root)),
-            ("confirmation", lambda: confirmation_units(profile, dataset, root, score)))
+def final_units(profile: str, dataset: str, root: str | Path = ROOT) -> list[Unit]:
+    """Stage 4: the main table's tuned ALP and AALP arms on the comparison seeds, at the study's choice
+    (:class:`ConfigError` while the committed record of ``dataset`` has none: :func:`write_record` first)."""
+    _check(profile, dataset)
+    if not (study_record(profile, dataset, root) or {}).get("choice"):
+        raise ConfigError(f"the {dataset} study record has no choice yet; finish the confirmation and write the record")
+    return [Unit(profile, dataset, f"{m}-tuned", s, root=Path(root))
+            for m in SEARCH_METHODS for s in experiments(profile).comparison_seeds]
 
 
-def pending(profile: str, dataset: str, root: str | Path = ROOT) -> tuple[str, list[Unit]] | None:
-    """The first stage of ``dataset``'s study with a unit not scored yet, and all that stage's units
-    (``None`` once the confirmation is scored): a stage starts only when the one before it is finished."""
+Stage = tuple[str, Callable[[], list[Unit]], str]
+"""A stage: its name, its units, and what they are scored on (:data:`aalp.grid.SCORES`)."""
+
+
+def _stages(profile: str, dataset: str, root: Path, score: Callable[[Unit], float | None]) -> tuple[Stage, ...]:
+    return (("noise floor", lambda: noise_units(profile, dataset, root), "validation"),
+            ("search", lambda: trial_units(profile, dataset, root), "validation"),
+            ("confirmation", lambda: confirmation_units(profile, dataset, root, score), "validation"),
+            ("finals", lambda: final_units(profile, dataset, root), "test"))
+
+
+def pending(profile: str, dataset: str, root: str | Path = ROOT) -> tuple[str, list[Unit], str] | None:
+    """The first stage of ``dataset``'s study with a unit not done yet: its name, all its units and what they
+    are scored on (``None`` once the finals are evaluated). A stage starts only when the one before it is
+    finished; the finals follow the committed record's choice."""
+    from .grid import is_done
+
     root = Path(root)
     runs_dir, data = results_dir(profile, root) / "runs", root / "data"
 
     def score(u: Unit) -> float | None:
         return validation_score_of(u, runs_dir, data)
 
-    for stage, units in _stages(profile, dataset, root, score):
+    for stage, units, scored in _stages(profile, dataset, root, score):
         todo = units()
-        if any(score(u) is None for u in todo):
-            return stage, todo
+        if not all(is_done(u, runs_dir, scored, data) for u in todo):
+            return stage, todo, scored
     return None
 
 
 def run(profile: str, datasets: Sequence[str], *, root: str | Path = ROOT, jobs: int = 1,
         log: Callable[[str], None] = print) -> list[Path]:
-    """Run the studies of ``datasets`` in ``jobs`` lanes until each is confirmed, then write each record.
+    """Run the studies of ``datasets`` in ``jobs`` lanes until each one's finals are evaluated; write each
+    record after every round.
 
-    Every round runs, in one grid, the :func:`pending` stage of each dataset in the order given, so the
-    first dataset's confirmation runs before the next one's search finishes and the lanes idle only at the
-    end of a round. Everything is cached: a killed study continues where it stopped."""
+    Every round runs the :func:`pending` stage of each dataset in the order given, in one grid per kind of
+    score (validation, then the finals' test evaluation), so the first dataset's confirmation runs before the
+    next one's search finishes and the lanes idle only at the end of a grid. Everything is cached: a killed
+    study continues where it stopped."""
     from .grid import run_grid
 
     for d in datasets:
         _check(profile, d)
     root = Path(root)
     runs_dir, data = results_dir(profile, root) / "runs", root / "data"
+    paths = [write_record(profile, d, root) for d in datasets]  # the finals follow the record's choice
     while ready := [(d, p) for d in datasets if (p := pending(profile, d, root)) is not None]:
-        log(f"tuning {profile}: " + "; ".join(f"{d} {stage}, {len(units)} units" for d, (stage, units) in ready))
-        run_grid([u for _, (_, units) in ready for u in units], runs_dir=runs_dir, data_dir=data, jobs=jobs,
-                 score="validation", log=log)
+        log(f"tuning {profile}: " + "; ".join(f"{d} {stage}, {len(units)} units" for d, (stage, units, _) in ready))
+        for kind in dict.fromkeys(scored for _, (_, _, scored) in ready):
+            run_grid([u for _, (_, units, scored) in ready if scored == kind for u in units], runs_dir=runs_dir,
+                     data_dir=data, jobs=jobs, score=kind, log=log)
         for d, _ in ready:
             tell(profile, d, root)
-            write_record(profile, d, root)
+        paths = [write_record(profile, d, root) for d in datasets]
         if [(d, p) for d in datasets if (p := pending(profile, d, root)) is not None] == ready:
             raise RuntimeError(f"tuning {profile}: a round left every stage as it was; see the grid's log")
-    return [write_record(profile, d, root) for d in datasets]
+    return paths

@@ -10,6 +10,7 @@ import pytest
 
 from aalp import tuning
 from aalp.config import ConfigError, experiments, profile
+from aalp.unit import Unit
 
 
 def test_trials_are_asked_once_and_are_the_same_on_a_rerun(tmp_path: Path) -> None:
@@ -60,38 +61,60 @@ def test_bad_names_are_one_line(call, needle: str, record_fault) -> None:
     assert "\n" not in str(err.value)
 
 
-def test_run_confirms_the_first_dataset_while_the_next_one_searches(tmp_path: Path, monkeypatch) -> None:
-    """Each round runs every dataset's first unfinished stage in one grid, in the order the datasets are given;
-    the run ends once every confirmation is scored, having written each record."""
+def _fake_grid(monkeypatch, scores: dict, evaluated: set, rounds: list) -> None:
+    """Stand-ins for training: a grid "scores" its units (a validation score, or a test evaluation)."""
     import aalp.grid
 
-    scores: dict = {}
-    rounds: list[list[tuple[str, str]]] = []
-
     def fake_grid(units, **kw):
-        assert kw["score"] == "validation"
-        rounds.append([(u.dataset, (u.label or "noise").split(" #")[0]) for u in units])
+        rounds.append((kw["score"], [(u.dataset, (u.label or u.arm).split(" #")[0]) for u in units]))
         for i, u in enumerate(units):
-            scores.setdefault(u.config, 0.5 + 0.001 * i)
+            if kw["score"] == "test":
+                evaluated.add(u.config)
+            else:
+                scores.setdefault(u.config, 0.5 + 0.001 * i)
         return []
+
+    def is_done(u, runs, score, data):
+        return u.config in evaluated if score == "test" else u.config in scores
 
     monkeypatch.setattr(tuning, "validation_score_of", lambda u, runs, data: scores.get(u.config))
     monkeypatch.setattr(aalp.grid, "run_grid", fake_grid)
+    monkeypatch.setattr(aalp.grid, "is_done", is_done)
+
+
+def test_run_confirms_the_first_dataset_while_the_next_one_searches(tmp_path: Path, monkeypatch) -> None:
+    """Each round runs every dataset's first unfinished stage, in the order the datasets are given, in one
+    grid per kind of score; the finals are the main table's tuned arms at the written record's choice."""
+    scores: dict = {}
+    evaluated: set = set()
+    rounds: list = []
+    _fake_grid(monkeypatch, scores, evaluated, rounds)
     for u in [*tuning.noise_units("cpu", "fashion-mnist", tmp_path), *tuning.trial_units("cpu", "fashion-mnist", tmp_path),
               *tuning.noise_units("cpu", "mnist", tmp_path)]:
         scores[u.config] = 0.7
     assert tuning.pending("cpu", "fashion-mnist", tmp_path)[0] == "confirmation"
     assert tuning.pending("cpu", "mnist", tmp_path)[0] == "search"
+    with pytest.raises(ConfigError, match="no choice yet"):
+        tuning.final_units("cpu", "fashion-mnist", tmp_path)
     paths = tuning.run("cpu", ["fashion-mnist", "mnist"], root=tmp_path, log=lambda m: None)
     confirm = len(tuning.ARMS) * tuning.CONFIRM * len(tuning.CONFIRM_OFFSETS)
-    assert len(rounds) == 2
-    first = rounds[0]
+    finals = 2 * len(experiments("cpu").comparison_seeds)
+    assert [kind for kind, _ in rounds] == ["validation", "test", "validation", "test"]
+    first = rounds[0][1]
     assert len(first) == confirm + sum(a.trials for a in tuning.ARMS)
     assert {d for d, _ in first[:confirm]} == {"fashion-mnist"} and {d for d, _ in first[confirm:]} == {"mnist"}
-    assert len(rounds[1]) == confirm and {d for d, _ in rounds[1]} == {"mnist"}
-    assert tuning.pending("cpu", "fashion-mnist", tmp_path) is None and tuning.pending("cpu", "mnist", tmp_path) is None
-    for p in paths:
-        assert tuning.load_record("cpu", p.stem, tmp_path)["choice"] is not None
+    # the next round: Fashion-MNIST's finals (its grid first: the datasets' order), then MNIST's confirmation
+    assert rounds[1][1] == [("fashion-mnist", a) for a in ("alp-tuned", "aalp-tuned")
+                            for _ in experiments("cpu").comparison_seeds]
+    assert len(rounds[2][1]) == confirm and {d for d, _ in rounds[2][1]} == {"mnist"}
+    assert len(rounds[3][1]) == finals and {d for d, _ in rounds[3][1]} == {"mnist"}
+    for d in ("fashion-mnist", "mnist"):
+        assert tuning.pending("cpu", d, tmp_path) is None
+        record = tuning.load_record("cpu", d, tmp_path)
+        chosen = [u for u in tuning.final_units("cpu", d, tmp_path) if u.arm == "aalp-tuned"]
+        assert all(u.config.train.method == Unit("cpu", d, "aalp", u.seed, tuple(record["choice"]["aalp"]["overrides"]),
+                                                        root=tmp_path).config.train.method for u in chosen)
+    assert [p.stem for p in paths] == ["fashion-mnist", "mnist"]
 
 
 def test_run_stops_when_a_round_scores_nothing(tmp_path: Path, monkeypatch) -> None:
