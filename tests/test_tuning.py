@@ -53,7 +53,9 @@ def test_threshold_is_two_standard_errors_of_a_gap() -> None:
 @pytest.mark.faults
 @pytest.mark.parametrize("call, needle", [(lambda: tuning.arm("nope"), "unknown tuning arm 'nope'"),
                                           (lambda: tuning.noise_units("cpu", "imagenet"), "unknown dataset"),
-                                          (lambda: tuning.trial_units("huge", "mnist"), "unknown profile")])
+                                          (lambda: tuning.trial_units("huge", "mnist"), "unknown profile"),
+                                          (lambda: tuning.pending("cpu", "imagenet"), "unknown dataset"),
+                                          (lambda: tuning.final_units("cpu", "imagenet"), "unknown dataset")])
 def test_bad_names_are_one_line(call, needle: str, record_fault) -> None:
     record_fault("bad tuning input")
     with pytest.raises(ConfigError, match=needle) as err:

@@ -237,7 +237,11 @@ def compute(study: Study, datasets: list[str] | None = None) -> Tuning:
         for m in SEARCH_METHODS:
             facts[f"tuned_{d}_{m}"] = Phrase(study_chapter.tuned_arm(tuning_study.records[d], m,
                                                                      str(facts[f"tune_{d}_{m}_config"])))
-    return Tuning(datasets, records, defaults, {**facts, **tuning_study.facts}, tuning_study)
+    result = Tuning(datasets, records, defaults, {**facts, **tuning_study.facts}, tuning_study)
+    rho = result.rungs()["Spearman ρ with the final score"].dropna()  # why the study trains every trial in full
+    result.facts.update({"tune_rho_low": float(rho.min()) if len(rho) else float("nan"),
+                         "tune_rho_high": float(rho.max()) if len(rho) else float("nan")})
+    return result
 
 
 def plot_best_so_far(result: Tuning) -> Any:
