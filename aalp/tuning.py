@@ -353,8 +353,8 @@ def run(profile: str, datasets: Sequence[str], *, root: str | Path = ROOT, jobs:
     record after every round.
 
     Every round runs the :func:`pending` stage of each dataset in the order given, in one grid per kind of
-    score (validation, then the finals' test evaluation), so the first dataset's confirmation runs before the
-    next one's search finishes and the lanes idle only at the end of a grid. Everything is cached: a killed
+    score (validation; the finals' test evaluation), so the first dataset's confirmation runs before the next
+    one's search finishes and the lanes idle only at the end of a grid. Everything is cached: a killed
     study continues where it stopped."""
     from .grid import run_grid
 

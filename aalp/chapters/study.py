@@ -227,17 +227,23 @@ def expected_best(result: TuningStudy) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _arm_colours() -> dict[str, str]:
+    """One colour per arm, keyed by its label, the same in every figure of the study."""
+    import seaborn as sns
+
+    return dict(zip((a.label for a in tuning.ARMS), sns.color_palette("colorblind", len(tuning.ARMS)).as_hex()))
+
+
 def plot_expected_best(result: TuningStudy) -> Any:
     """Expected best validation score against the number of trials, one panel per started dataset: a line
     per arm, thick lines for each method's arms pooled, and the noise floor (the profile's ALP mean ± one
     seed SD) as a grey band: a curve must clear the band to have found something a reseed would not."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
     from matplotlib.ticker import MaxNLocator
 
     curves, started = expected_best(result), result.started()
     fig, axes = panels(max(len(started), 1), 3.2)
-    colours = dict(zip((a.label for a in tuning.ARMS), sns.color_palette("colorblind", len(tuning.ARMS)).as_hex()))
+    colours = _arm_colours()
     colours.update({f"{LABELS[m]}, every arm": palette()[m] for m in ("alp", "aalp")})
     for ax, (d, r) in zip(axes[:, 0], started):
         nf = r["noise_floor"]
@@ -261,18 +267,16 @@ def plot_expected_best(result: TuningStudy) -> Any:
     return fig
 
 
-
 def plot_confirmed(result: TuningStudy) -> Any:
     """The confirmation, one panel per dataset whose confirmations have started: a row per configuration
     (its arm and tuned parameters), grey dots for each scored seed, the coloured mean with its 95 %
     t-interval over seeds once all are scored, and, around the confirmed ALP's mean, the grey band of the
     noise threshold: an AALP reading must clear it to beat ALP."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
     from matplotlib.ticker import MaxNLocator
 
     shown = [(d, r) for d, r in result.started() if r["confirmed"]]
-    colours = dict(zip((a.name for a in tuning.ARMS), sns.color_palette("colorblind", len(tuning.ARMS)).as_hex()))
+    colours = _arm_colours()
     sizes = [len(r["confirmed"]) for _, r in shown] or [1]
     fig, axes = panels(len(sizes), 0.9 + 0.32 * max(sizes))
     for ax, (d, r) in zip(axes[:, 0], shown):
@@ -285,15 +289,13 @@ def plot_confirmed(result: TuningStudy) -> Any:
         labelled: set[str] = set()
         for y, c in enumerate(rows):
             scored = [100 * v for v in c["scores"] if v is not None]
-            ax.scatter(scored, [y] * len(scored), color="#999999", s=14, zorder=2,
-                       label="one seed" if not labelled else None)
+            ax.scatter(scored, [y] * len(scored), color="#999999", s=14, zorder=2, label="one seed" if y == 0 else None)
             if c["mean"] is not None:
                 low, high = (100 * v for v in stats.seed_t_interval(c["scores"]))
                 name = tuning.arm(c["arm"]).label
                 ax.errorbar(100 * c["mean"], y, xerr=[[100 * c["mean"] - low], [high - 100 * c["mean"]]], fmt="o",
-                            color=colours[c["arm"]], capsize=3, zorder=3, label=name if name not in labelled else None)
+                            color=colours[name], capsize=3, zorder=3, label=name if name not in labelled else None)
                 labelled.add(name)
-            labelled.add("one seed")
         ax.set(yticks=range(len(rows)), yticklabels=[f"{c['arm']}: {_tuned(c['overrides'])}" for c in rows], title=title(d),
                xlabel="validation score (%), mean over seeds with 95 % t-interval")
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
