@@ -134,7 +134,7 @@ def test_a_confirmation_under_way_chooses_nothing_and_counts_its_units() -> None
 def test_the_tuned_arm_is_named_as_the_main_table_uses_it() -> None:
     """The book says which configuration the main table's tuned arms are, as aalp.arms.overrides picks it."""
     running = _confirmed(_record(4), {**SCORES, ("aalp", 1): [0.72, 0.73, None]})
-    assert chapter.tuned_arm(None, "alp", "lam=2.1") == "the earlier search's selection, lam=2.1"
-    assert chapter.tuned_arm(running, "aalp", "lam=2.1") == "the earlier search's selection, lam=2.1"
+    assert chapter.tuned_arm(None, "alp", "lam=2.1") == "the earlier search's selection: lam=2.1"
+    assert chapter.tuned_arm(running, "aalp", "lam=2.1") == "the earlier search's selection: lam=2.1"
     done = _confirmed(_record(4), SCORES)
-    assert chapter.tuned_arm(done, "aalp", "lam=2.1") == "the tuning study's choice, AALP (both modules) with λ = 0.2"
+    assert chapter.tuned_arm(done, "aalp", "lam=2.1") == "the tuning study's choice: AALP (both modules) with λ = 0.2"

@@ -60,7 +60,7 @@ class TuningStudy:
                 for d, r in self.started() for c in r["confirmed"] or ()]
         columns = ["dataset", "arm", "configuration", *(f"seed {i + 1}" for i in range(1 + len(tuning.CONFIRM_OFFSETS))),
                    "mean"]
-        return pd.DataFrame(rows, columns=columns).set_index(columns[:3])
+        return pd.DataFrame(rows, columns=columns).set_index(columns[:3]) if rows else pd.DataFrame()
 
     def choices(self) -> pd.DataFrame:
         """Each method's choice per dataset (no row until a dataset's confirmations are all scored): its arm and
@@ -152,8 +152,8 @@ def tuned_arm(record: dict[str, Any] | None, method: str, earlier: str) -> str:
     """What the main table's tuned arm of ``method`` is (:func:`aalp.arms.overrides`), in words: the study's
     choice once ``record`` has one, else ``earlier`` (the earlier search's selection)."""
     choice = ((record or {}).get("choice") or {}).get(method)
-    return (f"the tuning study's choice, {described(choice)}" if choice is not None
-            else f"the earlier search's selection, {earlier}")
+    return (f"the tuning study's choice: {described(choice)}" if choice is not None
+            else f"the earlier search's selection: {earlier}")
 
 
 def _choice(dataset: str, record: dict[str, Any]) -> str:

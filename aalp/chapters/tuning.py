@@ -239,8 +239,10 @@ def compute(study: Study, datasets: list[str] | None = None) -> Tuning:
                                                                      str(facts[f"tune_{d}_{m}_config"])))
     result = Tuning(datasets, records, defaults, {**facts, **tuning_study.facts}, tuning_study)
     rho = result.rungs()["Spearman ρ with the final score"].dropna()  # why the study trains every trial in full
-    result.facts.update({"tune_rho_low": float(rho.min()) if len(rho) else float("nan"),
-                         "tune_rho_high": float(rho.max()) if len(rho) else float("nan")})
+    result.facts["tune_early_rank"] = Phrase(
+        f"Spearman's ρ lay anywhere from {rho.min():.2f} to {rho.max():.2f}, over the few trials that completed: "
+        "too uncertain to stop a trial on." if len(rho) else "Too few trials completed (fewer than three per "
+        "search) to measure it, so no early stop could be trusted either.")
     return result
 
 
