@@ -40,7 +40,7 @@ from .arms import COMPARED, SEARCH_METHODS
 from .checkpoint import file_lock, write_json
 from .config import ConfigError, experiments
 from .data import DATASETS
-from .runs import ROOT, results_dir
+from .runs import ROOT, read_history, results_dir, run_dir
 from .search import validation_score_of
 from .selection import study_record, study_record_path
 from .unit import Unit
@@ -218,7 +218,8 @@ def confirmation_units(profile: str, dataset: str, root: str | Path, score: Call
 def record(profile: str, dataset: str, root: str | Path = ROOT, data_dir: str | Path | None = None
            ) -> dict[str, Any]:
     """Everything the study has measured on ``dataset`` (JSON-ready; written to ``<dataset>.json``): the noise
-    floor, every trial, and, once every trial is scored, the confirmations and each method's choice."""
+    floor, every trial, and, once every trial is scored, the confirmations and each method's choice; and the
+    lane-hours each stage has trained so far (``train_hours``, scoring not included)."""
     root = Path(root)
     runs_dir, data = results_dir(profile, root) / "runs", Path(data_dir) if data_dir else root / "data"
 
@@ -239,10 +240,13 @@ def record(profile: str, dataset: str, root: str | Path = ROOT, data_dir: str | 
                   "tunes": ["lam", *(["beta"] if a.beta else [])]} for a in ARMS],
         "lam_range": list(LAM), "beta_range": list(BETA), "sampler": f"QMCSampler(sobol, scramble, seed={SAMPLER_SEED})",
         "trials": _trials(profile, dataset, root, score), "confirmed": None, "choice": None}
+    out["train_hours"] = {"noise floor": _hours(noise_units(profile, dataset, root), runs_dir),
+                          "search": _hours(trial_units(profile, dataset, root), runs_dir), "confirmation": 0.0}
     try:
         confirm = confirmation_units(profile, dataset, root, score)
     except ConfigError:
         return out
+    out["train_hours"]["confirmation"] = _hours(confirm, runs_dir)
     configs: dict[tuple[str, tuple[str, ...]], list[float | None]] = {}
     for name, trials in out["trials"].items():
         for t in trials:
@@ -262,6 +266,11 @@ def record(profile: str, dataset: str, root: str | Path = ROOT, data_dir: str | 
         out["choice"][method] = {**ranked[0], "lead_over_next": lead,
                                  "tie": lead is not None and lead < out["noise_floor"]["threshold"]}
     return out
+
+
+def _hours(units: Sequence[Unit], runs_dir: Path) -> float:
+    """Lane-hours the units have trained so far: every finished epoch's seconds in their histories."""
+    return sum(e.get("seconds", 0.0) for u in units for e in read_history(run_dir(u.config.train, runs_dir))) / 3600
 
 
 def write_record(profile: str, dataset: str, root: str | Path = ROOT) -> Path:

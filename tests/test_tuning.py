@@ -126,3 +126,17 @@ def test_run_stops_when_a_round_scores_nothing(tmp_path: Path, monkeypatch) -> N
     monkeypatch.setattr(aalp.grid, "run_grid", lambda units, **kw: [])
     with pytest.raises(RuntimeError, match="left every stage as it was"):
         tuning.run("cpu", ["mnist"], root=tmp_path, log=lambda m: None)
+
+
+def test_the_record_counts_the_lane_hours_each_stage_trained(tmp_path: Path) -> None:
+    from aalp.runs import METRICS, results_dir, run_dir
+
+    runs = results_dir("cpu", tmp_path) / "runs"
+    noise = tuning.noise_units("cpu", "mnist", tmp_path)[0]
+    trial = tuning.trial_units("cpu", "mnist", tmp_path)[0]
+    for unit, seconds in ((noise, [1800.0, 1800.0]), (trial, [900.0])):
+        d = run_dir(unit.config.train, runs)
+        d.mkdir(parents=True)
+        (d / METRICS).write_text("".join(f'{{"epoch": {i + 1}, "seconds": {s}}}\n' for i, s in enumerate(seconds)))
+    hours = tuning.record("cpu", "mnist", tmp_path)["train_hours"]
+    assert hours == {"noise floor": 1.0, "search": 0.25, "confirmation": 0.0}

@@ -137,8 +137,11 @@ def _facts(records: dict[str, dict[str, Any] | None]) -> dict[str, Fact]:
         answers.append(_answer(d, r))
     first = "; ".join(noise)
     started = [r for r in records.values() if r is not None]
+    hours = sum(sum(r.get("train_hours", {}).values()) for r in started)
     budget = (f"{sum(map(tuning.planned_units, started))} units (full training runs scored on validation) "
-              f"over {len(started)} dataset{'s' if len(started) != 1 else ''}" if started else "none yet")
+              f"over {len(started)} dataset{'s' if len(started) != 1 else ''}; spent so far: "
+              f"{sum(map(tuning.finished_units, started))} units scored, {hours:.1f} lane-hours of training"
+              if started else "none yet")
     return {"study_status": Phrase("; ".join(status) or "no dataset"), "study_budget": Phrase(budget),
             "study_choice": Phrase(" ".join(_choice(d, r) for d, r in records.items() if r is not None)
                                    or "No study has been run for this profile."),
