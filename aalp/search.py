@@ -278,11 +278,18 @@ def score_unit(unit: Unit, runs_dir: str | Path, data_dir: str | Path, *, device
     return validation_score(run_dir(cfg, runs_dir), cfg.epochs, images, device=device)
 
 
-def validation_score_of(unit: Unit, runs_dir: str | Path, data_dir: str | Path) -> float | None:
-    """The cached selection score of :func:`score_unit`, or ``None`` if it is not computed yet (reads only)."""
+def validation_result_of(unit: Unit, runs_dir: str | Path, data_dir: str | Path) -> dict[str, Any] | None:
+    """The cached result of :func:`score_unit` (score, per-image bits), or ``None`` if it is not computed yet
+    (reads only)."""
     cfg = unit.config.train
     path = score_path(run_dir(cfg, runs_dir), cfg.epochs, _score_key(cfg.epochs, cfg, min(VAL_IMAGES, cfg.data.val_size)))
-    return json.loads(path.read_text())["robust_accuracy"] if path.exists() else None
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def validation_score_of(unit: Unit, runs_dir: str | Path, data_dir: str | Path) -> float | None:
+    """The cached selection score of :func:`score_unit`, or ``None`` if it is not computed yet (reads only)."""
+    result = validation_result_of(unit, runs_dir, data_dir)
+    return None if result is None else result["robust_accuracy"]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -36,12 +36,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from . import stats
 from .arms import COMPARED, SEARCH_METHODS
 from .checkpoint import file_lock, write_json
 from .config import ConfigError, experiments
 from .data import DATASETS
-from .runs import ROOT, read_history, results_dir, run_dir
-from .search import validation_score_of
+from .runs import ROOT, decode_bits, read_history, results_dir, run_dir
+from .search import validation_result_of, validation_score_of
 from .selection import study_record, study_record_path
 from .unit import Unit
 
@@ -219,7 +222,12 @@ def record(profile: str, dataset: str, root: str | Path = ROOT, data_dir: str | 
            ) -> dict[str, Any]:
     """Everything the study has measured on ``dataset`` (JSON-ready; written to ``<dataset>.json``): the noise
     floor, every trial, and, once every trial is scored, the confirmations and each method's choice; and the
-    lane-hours each stage has trained so far (``train_hours``, scoring not included)."""
+    lane-hours each stage has trained so far (``train_hours``, scoring not included).
+
+    With the choice comes ``choice_difference``: the chosen AALP minus the chosen ALP on the validation images
+    (:func:`aalp.stats.paired_difference` of their per-image bits, seed with seed: the trial's, then each
+    confirmation seed's). Both were chosen on these very scores, so it leans towards each winner; the finals
+    on the comparison seeds and the test images are the unbiased comparison."""
     root = Path(root)
     runs_dir, data = results_dir(profile, root) / "runs", Path(data_dir) if data_dir else root / "data"
 
@@ -247,24 +255,29 @@ def record(profile: str, dataset: str, root: str | Path = ROOT, data_dir: str | 
     except ConfigError:
         return out
     out["train_hours"]["confirmation"] = _hours(confirm, runs_dir)
-    configs: dict[tuple[str, tuple[str, ...]], list[float | None]] = {}
-    for name, trials in out["trials"].items():
-        for t in trials:
-            configs[name, tuple(t["overrides"])] = [t["score"]]
-    for u in confirm:
-        configs[(u.label or "").split(" #")[0], u.overrides].append(score(u))
-    confirmed = [{"arm": name, "method": arm(name).method, "overrides": list(o), "scores": v,
-                  "mean": statistics.mean(v) if None not in v else None}
-                 for (name, o), v in configs.items() if len(v) == 1 + len(CONFIRM_OFFSETS)]
+    units_of: dict[tuple[str, tuple[str, ...]], list[Unit]] = {}  # a configuration's units: trial, then its seeds
+    for u in [*trial_units(profile, dataset, root), *confirm]:
+        units_of.setdefault(((u.label or "").split(" #")[0], u.overrides), []).append(u)
+    confirmed = []
+    for (name, o), units in units_of.items():
+        if len(units) == 1 + len(CONFIRM_OFFSETS):
+            v = [score(u) for u in units]
+            confirmed.append({"arm": name, "method": arm(name).method, "overrides": list(o), "scores": v,
+                              "mean": statistics.mean(v) if None not in v else None})
     out["confirmed"] = confirmed
     if any(c["mean"] is None for c in confirmed) or s is None:
         return out
     out["choice"] = {}
-    for method in ("alp", "aalp"):
+    for method in SEARCH_METHODS:
         ranked = sorted((c for c in confirmed if c["method"] == method), key=lambda c: -c["mean"])
         lead = ranked[0]["mean"] - ranked[1]["mean"] if len(ranked) > 1 else None
         out["choice"][method] = {**ranked[0], "lead_over_next": lead,
                                  "tie": lead is not None and lead < out["noise_floor"]["threshold"]}
+    bits = {m: np.stack([decode_bits(validation_result_of(u, runs_dir, data)["robust"])
+                         for u in units_of[c["arm"], tuple(c["overrides"])]]) for m, c in out["choice"].items()}
+    diff = stats.paired_difference(bits["aalp"], bits["alp"])
+    out["choice_difference"] = {k: diff[k] for k in ("estimate", "low", "high", "t_low", "t_high", "ceiling",
+                                                     "per_seed", "seeds", "images")}
     return out
 
 

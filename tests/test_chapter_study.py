@@ -141,3 +141,14 @@ def test_the_tuned_arm_is_named_as_the_main_table_uses_it() -> None:
     assert chapter.tuned_arm(running, "aalp", "lam=2.1") == "the earlier search's selection: lam=2.1"
     done = _confirmed(_record(4), SCORES)
     assert chapter.tuned_arm(done, "aalp", "lam=2.1") == "the tuning study's choice: AALP (both modules) with λ = 0.2"
+
+
+def test_the_answer_gives_the_seed_paired_interval_once_the_record_has_it() -> None:
+    r = _confirmed(_record(4), SCORES)
+    r["choice_difference"] = {"estimate": -0.003, "low": -0.012, "high": 0.006, "t_low": -0.02, "t_high": 0.014,
+                              "ceiling": 0.014, "per_seed": [0.0, -0.01, 0.0], "seeds": 3, "images": 1000}
+    said = str(chapter._facts({"mnist": r})["study_answer"])
+    assert said.startswith("On MNIST no AALP reading beats ALP on validation: the best, AALP (both modules), is "
+                           "-0.3 points from the confirmed ALP")
+    assert ("(paired seed with seed on the 1,000 validation images: 95 % interval [-1.2, +0.6], t-interval over "
+            "the 3 seeds [-2.0, +1.4];") in said

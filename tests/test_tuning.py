@@ -6,10 +6,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from aalp import tuning
 from aalp.config import ConfigError, experiments, profile
+from aalp.runs import encode_bits
 from aalp.unit import Unit
 
 
@@ -79,7 +81,12 @@ def _fake_grid(monkeypatch, scores: dict, evaluated: set, rounds: list) -> None:
     def is_done(u, runs, score, data):
         return u.config in evaluated if score == "test" else u.config in scores
 
+    def result(u, runs, data):  # a score's bits: its first round(100 · score) of 100 images robust
+        v = scores.get(u.config)
+        return None if v is None else {"robust_accuracy": v, "robust": encode_bits(np.arange(100) < round(100 * v))}
+
     monkeypatch.setattr(tuning, "validation_score_of", lambda u, runs, data: scores.get(u.config))
+    monkeypatch.setattr(tuning, "validation_result_of", result)
     monkeypatch.setattr(aalp.grid, "run_grid", fake_grid)
     monkeypatch.setattr(aalp.grid, "is_done", is_done)
 
@@ -116,6 +123,11 @@ def test_run_confirms_the_first_dataset_while_the_next_one_searches(tmp_path: Pa
         chosen = [u for u in tuning.final_units("cpu", d, tmp_path) if u.arm == "aalp-tuned"]
         assert all(u.config.train.method == Unit("cpu", d, "aalp", u.seed, tuple(record["choice"]["aalp"]["overrides"]),
                                                         root=tmp_path).config.train.method for u in chosen)
+        # the chosen AALP minus the chosen ALP, seed with seed on the shared validation images
+        diff, (alp, aalp) = record["choice_difference"], (record["choice"][m] for m in ("alp", "aalp"))
+        per_seed = [round(100 * x) / 100 - round(100 * y) / 100 for x, y in zip(aalp["scores"], alp["scores"])]
+        assert diff["seeds"] == 3 and diff["images"] == 100 and diff["per_seed"] == pytest.approx(per_seed)
+        assert diff["low"] <= diff["estimate"] <= diff["high"]
     assert [p.stem for p in paths] == ["fashion-mnist", "mnist"]
 
 

@@ -202,13 +202,21 @@ def _answer(dataset: str, record: dict[str, Any]) -> str:
     gap, limit = aalp["mean"] - alp["mean"], record["noise_floor"]["threshold"]
     arm = tuning.arm(aalp["arm"]).label
     if gap > limit:
-        return (f"On {name} an AALP reading beats ALP on validation: {arm}, {100 * gap:+.1f} points over the "
-                f"confirmed ALP, beyond the noise floor's {100 * limit:.1f}.")
-    if gap < -limit:
-        return (f"On {name} ALP beats every AALP reading on validation: the best, {arm}, is {100 * gap:+.1f} "
-                f"points from the confirmed ALP, beyond the noise floor's {100 * limit:.1f}.")
-    return (f"On {name} no AALP reading beats ALP on validation: the best, {arm}, is {100 * gap:+.1f} points "
-            f"from the confirmed ALP, within the noise floor's ±{100 * limit:.1f}.")
+        said = (f"On {name} an AALP reading beats ALP on validation: {arm}, {100 * gap:+.1f} points over the "
+                f"confirmed ALP, beyond the noise floor's {100 * limit:.1f}")
+    elif gap < -limit:
+        said = (f"On {name} ALP beats every AALP reading on validation: the best, {arm}, is {100 * gap:+.1f} "
+                f"points from the confirmed ALP, beyond the noise floor's {100 * limit:.1f}")
+    else:
+        said = (f"On {name} no AALP reading beats ALP on validation: the best, {arm}, is {100 * gap:+.1f} points "
+                f"from the confirmed ALP, within the noise floor's ±{100 * limit:.1f}")
+    diff = record.get("choice_difference")
+    if diff is None:
+        return said + "."
+    return (f"{said} (paired seed with seed on the {diff['images']:,} validation images: 95 % interval "
+            f"[{100 * diff['low']:+.1f}, {100 * diff['high']:+.1f}], t-interval over the {diff['seeds']} seeds "
+            f"[{100 * diff['t_low']:+.1f}, {100 * diff['t_high']:+.1f}]; both configurations were chosen on "
+            "these scores, so the test comparison on fresh seeds decides).")
 
 
 def expected_best(result: TuningStudy) -> pd.DataFrame:
