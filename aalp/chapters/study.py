@@ -245,11 +245,22 @@ def _arm_colours() -> dict[str, str]:
     return dict(zip((a.label for a in tuning.ARMS), sns.color_palette("colorblind", len(tuning.ARMS)).as_hex()))
 
 
+def _finished(fig: Any, axes: Any, empty: str | None) -> Any:
+    """A study figure, done: ``empty`` written in place of the data when there is none, the legend below."""
+    import matplotlib.pyplot as plt
+
+    if empty is not None:
+        axes[0, 0].set_axis_off()
+        axes[0, 0].text(0.5, 0.5, empty, ha="center", va="center")
+    legend_below(fig, ncol=1)
+    plt.close(fig)
+    return fig
+
+
 def plot_expected_best(result: TuningStudy) -> Any:
     """Expected best validation score against the number of trials, one panel per started dataset: a line
     per arm, thick lines for each method's arms pooled, and the noise floor (the profile's ALP mean ± one
     seed SD) as a grey band: a curve must clear the band to have found something a reseed would not."""
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     curves, started = expected_best(result), result.started()
@@ -270,12 +281,7 @@ def plot_expected_best(result: TuningStudy) -> Any:
         ax.set(title=title(d), xlabel="trials (each a full training run)", ylabel="expected best (%)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
-    if not started:
-        axes[0, 0].set_axis_off()
-        axes[0, 0].text(0.5, 0.5, "no study record for this profile", ha="center", va="center")
-    legend_below(fig, ncol=1)
-    plt.close(fig)
-    return fig
+    return _finished(fig, axes, None if started else "no study record for this profile")
 
 
 def plot_confirmed(result: TuningStudy) -> Any:
@@ -283,7 +289,6 @@ def plot_confirmed(result: TuningStudy) -> Any:
     (its arm and tuned parameters), grey dots for each scored seed, the coloured mean with its 95 %
     t-interval over seeds once all are scored, and, around the confirmed ALP's mean, the grey band of the
     noise threshold: an AALP reading must clear it to beat ALP."""
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     shown = [(d, r) for d, r in result.started() if r["confirmed"]]
@@ -311,9 +316,4 @@ def plot_confirmed(result: TuningStudy) -> Any:
                xlabel="validation score (%), mean over seeds with 95 % t-interval")
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
         ax.invert_yaxis()
-    if not shown:
-        axes[0, 0].set_axis_off()
-        axes[0, 0].text(0.5, 0.5, "no confirmation has started for this profile", ha="center", va="center")
-    legend_below(fig, ncol=1)
-    plt.close(fig)
-    return fig
+    return _finished(fig, axes, None if shown else "no confirmation has started for this profile")
