@@ -36,8 +36,8 @@ def test_progress_counts_every_planned_unit() -> None:
     assert "open until" in str(facts["study_answer"])
     assert "1.0 points" in str(facts["study_noise"])
     r["train_hours"] = {"noise floor": 1.5, "search": 2.25, "confirmation": 0.0}
-    assert str(chapter._facts({"mnist": r})["study_budget"]).endswith(
-        f"spent so far: {6 + 2 * len(tuning.ARMS)} units scored, 3.8 lane-hours of training")
+    assert str(chapter._facts({"mnist": r})["study_spent"]) == (
+        f"{6 + 2 * len(tuning.ARMS)} units scored, 3.8 lane-hours of training")
 
 
 @pytest.mark.parametrize("gap, words", [(0.05, "an AALP reading beats ALP"), (0.0, "no AALP reading beats ALP"),

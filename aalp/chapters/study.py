@@ -139,10 +139,11 @@ def _facts(records: dict[str, dict[str, Any] | None]) -> dict[str, Fact]:
     started = [r for r in records.values() if r is not None]
     hours = sum(sum(r.get("train_hours", {}).values()) for r in started)
     budget = (f"{sum(map(tuning.planned_units, started))} units (full training runs scored on validation) "
-              f"over {len(started)} dataset{'s' if len(started) != 1 else ''}; spent so far: "
-              f"{sum(map(tuning.finished_units, started))} units scored, {hours:.1f} lane-hours of training"
-              if started else "none yet")
+              f"over {len(started)} dataset{'s' if len(started) != 1 else ''}" if started else "none yet")
+    spent = (f"{sum(map(tuning.finished_units, started))} units scored, {hours:.1f} lane-hours of training"
+             if started else "nothing")
     return {"study_status": Phrase("; ".join(status) or "no dataset"), "study_budget": Phrase(budget),
+            "study_spent": Phrase(spent),
             "study_choice": Phrase(" ".join(_choice(d, r) for d, r in records.items() if r is not None)
                                    or "No study has been run for this profile."),
             "study_shrinkage": Phrase(_shrinkage(started)),
