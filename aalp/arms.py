@@ -18,7 +18,7 @@ from .methods import METHODS
 from .selection import best_overrides, study_choice
 
 __all__ = ["ARMS", "COMPARED", "LABELS", "ORDER", "PAIRS", "SEARCH_METHODS", "TUNED", "check_arm", "is_tuned",
-           "method_of", "overrides", "search_overrides", "seeds", "seeds_of"]
+           "method_of", "overrides", "search_overrides", "search_selection", "seeds", "seeds_of"]
 
 TUNED = "-tuned"
 SEARCH_METHODS: tuple[str, ...] = ("alp", "aalp")
@@ -85,15 +85,22 @@ def search_overrides(profile: str) -> list[str]:
     return [f"seed={experiments(profile).search_run_seed}"]
 
 
+def _unseeded(selected: Sequence[str]) -> list[str]:
+    return [o for o in selected if o.partition("=")[0].strip() != "seed"]
+
+
+def search_selection(profile: str, dataset: str, method: str, root: str | Path | None = None) -> list[str]:
+    """The configuration the committed (v3) search of ``method`` on ``dataset`` selected, without its training
+    seed (:class:`ConfigError` if there is none yet): the ablation's tuned configuration, computed before the
+    tuning study and kept so that the study's choice does not retrain the ablation."""
+    return _unseeded(best_overrides(profile, dataset, method, root))
+
+
 def overrides(profile: str, dataset: str, arm: str, root: str | Path | None = None) -> list[str]:
     """The overrides of ``arm`` on ``dataset``: none for a method at its settings; for a tuned arm, the
-    tuning study's confirmed choice once its record has one (:func:`aalp.selection.study_choice`), else the
-    selected configuration of the committed search (:class:`ConfigError` if there is none yet), without a
-    training seed."""
+    tuning study's confirmed choice once its record has one (:func:`aalp.selection.study_choice`), else
+    :func:`search_selection`, without a training seed."""
     if not is_tuned(arm):
         return []
     selected = study_choice(profile, dataset, method_of(arm), root)
-    if selected is None:
-        selected = best_overrides(profile, dataset, method_of(arm), root)
-    return [o for o in selected if o.partition("=")[0].strip() != "seed"]
-
+    return _unseeded(selected) if selected is not None else search_selection(profile, dataset, method_of(arm), root)

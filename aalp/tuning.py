@@ -305,26 +305,49 @@ def tell(profile: str, dataset: str, root: str | Path = ROOT) -> None:
                     study.tell(t.number, value)
 
 
+def _stages(profile: str, dataset: str, root: Path, score: Callable[[Unit], float | None]
+            ) -> tuple[tuple[str, Callable[[], list[Unit]]], ...]:
+    return (("noise floor", lambda: noise_units(profile, dataset, root)),
+            ("search", lambda: trial_units(profile, dataset, root)),
+            ("confirmation", lambda: confirmation_units(profile, dataset, root, score)))
+
+
+def pending(profile: str, dataset: str, root: str | Path = ROOT) -> tuple[str, list[Unit]] | None:
+    """The first stage of ``dataset``'s study with a unit not scored yet, and all that stage's units
+    (``None`` once the confirmation is scored): a stage starts only when the one before it is finished."""
+    root = Path(root)
+    runs_dir, data = results_dir(profile, root) / "runs", root / "data"
+
+    def score(u: Unit) -> float | None:
+        return validation_score_of(u, runs_dir, data)
+
+    for stage, units in _stages(profile, dataset, root, score):
+        todo = units()
+        if any(score(u) is None for u in todo):
+            return stage, todo
+    return None
+
+
 def run(profile: str, datasets: Sequence[str], *, root: str | Path = ROOT, jobs: int = 1,
         log: Callable[[str], None] = print) -> list[Path]:
-    """Run the noise floor, the search and the confirmation of ``datasets`` in ``jobs`` lanes (everything
-    cached: a killed study continues), then write each dataset's record."""
+    """Run the studies of ``datasets`` in ``jobs`` lanes until each is confirmed, then write each record.
+
+    Every round runs, in one grid, the :func:`pending` stage of each dataset in the order given, so the
+    first dataset's confirmation runs before the next one's search finishes and the lanes idle only at the
+    end of a round. Everything is cached: a killed study continues where it stopped."""
     from .grid import run_grid
 
     for d in datasets:
         _check(profile, d)
     root = Path(root)
     runs_dir, data = results_dir(profile, root) / "runs", root / "data"
-    stages = (("noise floor", lambda d: noise_units(profile, d, root)),
-              ("search", lambda d: trial_units(profile, d, root)),
-              ("confirmation", lambda d: confirmation_units(
-                  profile, d, root, lambda u: validation_score_of(u, runs_dir, data))))
-    paths = []
-    for stage, units in stages:  # stage by stage over every dataset: the lanes idle only between stages
-        chosen = [u for d in datasets for u in units(d)]
-        log(f"tuning {profile} {', '.join(datasets)}: {stage}, {len(chosen)} units")
-        run_grid(chosen, runs_dir=runs_dir, data_dir=data, jobs=jobs, score="validation", log=log)
-        for d in datasets:
+    while ready := [(d, p) for d in datasets if (p := pending(profile, d, root)) is not None]:
+        log(f"tuning {profile}: " + "; ".join(f"{d} {stage}, {len(units)} units" for d, (stage, units) in ready))
+        run_grid([u for _, (_, units) in ready for u in units], runs_dir=runs_dir, data_dir=data, jobs=jobs,
+                 score="validation", log=log)
+        for d, _ in ready:
             tell(profile, d, root)
-        paths = [write_record(profile, d, root) for d in datasets]
-    return paths
+            write_record(profile, d, root)
+        if [(d, p) for d in datasets if (p := pending(profile, d, root)) is not None] == ready:
+            raise RuntimeError(f"tuning {profile}: a round left every stage as it was; see the grid's log")
+    return [write_record(profile, d, root) for d in datasets]

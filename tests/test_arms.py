@@ -83,6 +83,8 @@ def test_tuned_arm_is_the_tuning_studys_choice_once_it_has_one(tmp_path: Path) -
     assert arms.overrides("cpu", "fashion-mnist", "alp-tuned", tmp_path) == ["method.lam=1.25"]
     cfg = Unit("cpu", "fashion-mnist", "aalp-tuned", 3, root=tmp_path).config
     assert cfg.train.method.weighting == "mart" and cfg.train.method.weight_beta == 2.5 and cfg.train.seed == 3
+    # the ablation stays at the earlier search's selection: the study's choice retrains nothing there
+    assert arms.search_selection("cpu", "fashion-mnist", "aalp", tmp_path) == SELECTED[1:]
 
 
 def test_every_profile_keeps_search_runs_out_of_the_reported_seeds() -> None:

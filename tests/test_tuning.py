@@ -58,3 +58,46 @@ def test_bad_names_are_one_line(call, needle: str, record_fault) -> None:
     with pytest.raises(ConfigError, match=needle) as err:
         call()
     assert "\n" not in str(err.value)
+
+
+def test_run_confirms_the_first_dataset_while_the_next_one_searches(tmp_path: Path, monkeypatch) -> None:
+    """Each round runs every dataset's first unfinished stage in one grid, in the order the datasets are given;
+    the run ends once every confirmation is scored, having written each record."""
+    import aalp.grid
+
+    scores: dict = {}
+    rounds: list[list[tuple[str, str]]] = []
+
+    def fake_grid(units, **kw):
+        assert kw["score"] == "validation"
+        rounds.append([(u.dataset, (u.label or "noise").split(" #")[0]) for u in units])
+        for i, u in enumerate(units):
+            scores.setdefault(u.config, 0.5 + 0.001 * i)
+        return []
+
+    monkeypatch.setattr(tuning, "validation_score_of", lambda u, runs, data: scores.get(u.config))
+    monkeypatch.setattr(aalp.grid, "run_grid", fake_grid)
+    for u in [*tuning.noise_units("cpu", "fashion-mnist", tmp_path), *tuning.trial_units("cpu", "fashion-mnist", tmp_path),
+              *tuning.noise_units("cpu", "mnist", tmp_path)]:
+        scores[u.config] = 0.7
+    assert tuning.pending("cpu", "fashion-mnist", tmp_path)[0] == "confirmation"
+    assert tuning.pending("cpu", "mnist", tmp_path)[0] == "search"
+    paths = tuning.run("cpu", ["fashion-mnist", "mnist"], root=tmp_path, log=lambda m: None)
+    confirm = len(tuning.ARMS) * tuning.CONFIRM * len(tuning.CONFIRM_OFFSETS)
+    assert len(rounds) == 2
+    first = rounds[0]
+    assert len(first) == confirm + sum(a.trials for a in tuning.ARMS)
+    assert {d for d, _ in first[:confirm]} == {"fashion-mnist"} and {d for d, _ in first[confirm:]} == {"mnist"}
+    assert len(rounds[1]) == confirm and {d for d, _ in rounds[1]} == {"mnist"}
+    assert tuning.pending("cpu", "fashion-mnist", tmp_path) is None and tuning.pending("cpu", "mnist", tmp_path) is None
+    for p in paths:
+        assert tuning.load_record("cpu", p.stem, tmp_path)["choice"] is not None
+
+
+def test_run_stops_when_a_round_scores_nothing(tmp_path: Path, monkeypatch) -> None:
+    import aalp.grid
+
+    monkeypatch.setattr(tuning, "validation_score_of", lambda u, runs, data: None)
+    monkeypatch.setattr(aalp.grid, "run_grid", lambda units, **kw: [])
+    with pytest.raises(RuntimeError, match="left every stage as it was"):
+        tuning.run("cpu", ["mnist"], root=tmp_path, log=lambda m: None)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import stats
+from .. import arms, stats
 from ..contributions import concentration, model_contributions
 from ..data import title
 from ..experiments import Run, Study
@@ -80,8 +80,8 @@ DEFAULT_WEIGHTING = "p_adv"
 
 
 def tuned_variants(selected: Sequence[str]) -> list[Variant]:
-    """The modules one at a time at the configuration AALP's search selected (``selected``: its overrides,
-    :func:`aalp.arms.overrides`): both modules off (the reference: ALP's loss at the selected λ and
+    """The modules one at a time at the configuration AALP's (v3) search selected (``selected``: its overrides,
+    :func:`aalp.arms.search_selection`): both modules off (the reference: ALP's loss at the selected λ and
     settings), Guided Dropout only, sample weighting only, both, and the tuned AALP itself (which is one of
     these when the search left a module off). A module the search switched off is switched on with its
     defaults, and a weighting of ``one`` becomes :data:`DEFAULT_WEIGHTING`."""
@@ -198,7 +198,7 @@ def plan(study: Study, dataset: str | None = None, ablation_seeds: list[int] | N
     if tuned:
         p = resolve(study.profile, "05_ablation", tuned_dataset=dataset, tuned_ablation_seeds=ablation_seeds)
         dataset, seeds = p["tuned_dataset"], p["tuned_ablation_seeds"]
-        chosen = tuned_variants(study.tuned(dataset, "aalp"))
+        chosen = tuned_variants(arms.search_selection(study.profile, dataset, "aalp", study.root))
     else:
         p = resolve(study.profile, "05_ablation", dataset=dataset, ablation_seeds=ablation_seeds, lams=lams)
         dataset, seeds, chosen = p["dataset"], p["ablation_seeds"], variants(p["lams"])
