@@ -209,7 +209,7 @@ def test_jobs_train_the_ablation_models_in_the_grid(monkeypatch: pytest.MonkeyPa
     from aalp.reproduce import notebook_parameters
 
     selected = ["method.lam=2.0", "method.weighting=correct"]
-    monkeypatch.setattr(Study, "tuned", lambda self, dataset, method: list(selected))
+    monkeypatch.setattr(arms, "search_selection", lambda profile, dataset, method, root=None: list(selected))
     monkeypatch.setattr(unit_module, "arm_overrides", lambda profile, d, arm, root=None:
                         (selected if arm == "aalp-tuned" else selected[:1]) if arms.is_tuned(arm) else [])
     handed: list = []
