@@ -169,11 +169,11 @@ def trial_units(profile: str, dataset: str, root: str | Path = ROOT) -> list[Uni
     return units
 
 
-def _trials(profile: str, dataset: str, root: str | Path, score: Callable[[Unit], float | None]
-            ) -> dict[str, list[dict[str, Any]]]:
-    """Per arm, each trial's number, overrides, run and validation score (``None`` until scored)."""
+def _trials(trials: Sequence[Unit], score: Callable[[Unit], float | None]) -> dict[str, list[dict[str, Any]]]:
+    """Per arm, each trial's (of :func:`trial_units`) number, overrides, run and validation score (``None``
+    until scored)."""
     out = {}
-    for a, units in zip(ARMS, _by_arm(trial_units(profile, dataset, root))):
+    for a, units in zip(ARMS, _by_arm(trials)):
         out[a.name] = [{"trial": i, "overrides": list(u.overrides), "params": params(u.overrides),
                         "run": _run(u), "score": score(u)} for i, u in enumerate(units)]
     return out
@@ -234,6 +234,7 @@ def record(profile: str, dataset: str, root: str | Path = ROOT, data_dir: str | 
     def score(unit: Unit) -> float | None:
         return validation_score_of(unit, runs_dir, data)
 
+    trials = trial_units(profile, dataset, root)  # asked of the studies once
     noise: dict[str, list[float | None]] = {}
     for u in noise_units(profile, dataset, root):
         noise.setdefault(u.arm, []).append(score(u))
@@ -247,16 +248,16 @@ def record(profile: str, dataset: str, root: str | Path = ROOT, data_dir: str | 
         "arms": [{"name": a.name, "method": a.method, "fixed": list(a.fixed), "trials": a.trials,
                   "tunes": ["lam", *(["beta"] if a.beta else [])]} for a in ARMS],
         "lam_range": list(LAM), "beta_range": list(BETA), "sampler": f"QMCSampler(sobol, scramble, seed={SAMPLER_SEED})",
-        "trials": _trials(profile, dataset, root, score), "confirmed": None, "choice": None}
+        "trials": _trials(trials, score), "confirmed": None, "choice": None}
     out["train_hours"] = {"noise floor": _hours(noise_units(profile, dataset, root), runs_dir),
-                          "search": _hours(trial_units(profile, dataset, root), runs_dir), "confirmation": 0.0}
+                          "search": _hours(trials, runs_dir), "confirmation": 0.0}
     try:
         confirm = confirmation_units(profile, dataset, root, score)
     except ConfigError:
         return out
     out["train_hours"]["confirmation"] = _hours(confirm, runs_dir)
     units_of: dict[tuple[str, tuple[str, ...]], list[Unit]] = {}  # a configuration's units: trial, then its seeds
-    for u in [*trial_units(profile, dataset, root), *confirm]:
+    for u in [*trials, *confirm]:
         units_of.setdefault(((u.label or "").split(" #")[0], u.overrides), []).append(u)
     confirmed = []
     for (name, o), units in units_of.items():
@@ -384,8 +385,12 @@ def run(profile: str, datasets: Sequence[str], *, root: str | Path = ROOT, jobs:
         _check(profile, d)
     root = Path(root)
     runs_dir, data = results_dir(profile, root) / "runs", root / "data"
+    def pending_all() -> list[tuple[str, tuple[str, list[Unit], str]]]:
+        return [(d, p) for d in datasets if (p := pending(profile, d, root)) is not None]
+
     paths = [write_record(profile, d, root) for d in datasets]  # the finals follow the record's choice
-    while ready := [(d, p) for d in datasets if (p := pending(profile, d, root)) is not None]:
+    ready = pending_all()
+    while ready:
         log(f"tuning {profile}: " + "; ".join(f"{d} {stage}, {len(units)} units" for d, (stage, units, _) in ready))
         for kind in dict.fromkeys(scored for _, (_, _, scored) in ready):
             run_grid([u for _, (_, units, scored) in ready if scored == kind for u in units], runs_dir=runs_dir,
@@ -393,6 +398,8 @@ def run(profile: str, datasets: Sequence[str], *, root: str | Path = ROOT, jobs:
         for d, _ in ready:
             tell(profile, d, root)
         paths = [write_record(profile, d, root) for d in datasets]
-        if [(d, p) for d in datasets if (p := pending(profile, d, root)) is not None] == ready:
+        after = pending_all()
+        if after == ready:
             raise RuntimeError(f"tuning {profile}: a round left every stage as it was; see the grid's log")
+        ready = after
     return paths
